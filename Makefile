@@ -1,0 +1,48 @@
+# dieguard: `make demo` runs the main job end to end, `make test` runs the checks.
+# Both create .venv (Python 3.11) and install the pinned stack into it when needed.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data/default
+CONFIG ?= configs/cpu.yaml
+
+.PHONY: install demo test lint format data eda train clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+$(DATA)/test/labels.csv: | $(STAMP)
+	$(BIN)/dieguard synth --out $(DATA) --n 16000 --val-n 4000 --test-n 4000 --seed 0 --audit $(DATA)
+
+data: $(DATA)/test/labels.csv
+
+eda: data
+	$(BIN)/dieguard explore $(DATA) --out runs/eda
+
+train: data
+	$(BIN)/dieguard train --config $(CONFIG) data_dir=$(DATA)
+
+demo: eda train
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs .cache

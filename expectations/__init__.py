@@ -1,0 +1,1 @@
+"""Great Expectations suites (JSON, reviewed like code) and the validation entry point."""

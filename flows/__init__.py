@@ -1,0 +1,1 @@
+"""Prefect flows: order and branching only, one @flow per file (retrain, monitor, rollout)."""

@@ -1,0 +1,168 @@
+"""One run's configuration: dataclasses loaded from YAML with `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    """Where decoded images are cached and how batches are loaded."""
+
+    cache_dir: str = ".cache/dieguard"
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class ModelConfig:
+    """Shapes of the multimodal network and of the vision-only baseline."""
+
+    img_size: int = 256  # images are resized to this once, when cached
+    patch_size: int = 16
+    embed_dim: int = 256
+    vit_dim: int = 192
+    vit_depth: int = 12
+    vit_heads: int = 3
+    process_dim: int = 48
+    process_tokens: str = "per_parameter"  # or "single" (one projected token, as in the seed)
+    vocab_size: int = 2000  # note tokenizer vocabulary (at most 10,000)
+    max_note_len: int = 48
+    text_layers: int = 2
+    text_heads: int = 4
+    fusion_heads: int = 4
+    dropout: float = 0.1
+    num_classes: int = 5
+    baseline_weights: str | None = None  # local ResNet-18 weights; random init when absent
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of both stages, losses and the operating point."""
+
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    stage1_epochs: int = 1
+    stage2_epochs: int = 10
+    baseline_epochs: int = 10
+    focal_gamma: float = 2.0
+    lambda_contrastive: float = 0.1
+    lambda_entropy: float = 0.01
+    temperature: float = 0.1
+    note_dropout: float = 0.2
+    patience: int = 4
+    escape_target: float = 0.005
+    device: str = "auto"  # auto, cpu, cuda
+    bf16: bool = True  # on CUDA only
+    compile: bool = False  # torch.compile on CUDA
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps the default
+    max_batches_per_epoch: int = 0  # 0: the whole split
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; logged whole with the run."""
+
+    name: str = "dieguard"
+    data_dir: str = "data/default"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (for YAML, JSON and MLflow params)."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values, e.g. ``{"train.lr": 3e-4}``."""
+        return _flatten(self.to_dict())
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a value of the wrong type."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config and apply ``key=value`` overrides (dotted keys, YAML values).
+
+    Args:
+        path: YAML file; defaults only when None.
+        overrides: e.g. ``["data_dir=/data/x", "train.lr=1e-3"]``.
+    Returns:
+        The validated RunConfig.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return _build(RunConfig, raw, prefix="")
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig saved with `to_dict`."""
+    return _build(RunConfig, json.loads(json.dumps(raw)), prefix="")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(prefix + k for k in unknown)}")
+    kwargs = {}
+    for name, value in raw.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} must be a mapping")
+            kwargs[name] = _build(type(default), value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, default, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if (
+        isinstance(default, float)
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+    ):
+        return float(value)
+    if isinstance(value, type(default)) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key} must be {type(default).__name__}, got {value!r}")
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,162 @@
+"""Loading dies for training and evaluation: z-scoring, the cached split, batches, augmentation."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from model.cache import cached_images, split_digest
+from model.contract import read_split
+from model.schema import parameter_names
+
+
+@dataclass
+class ProcessScaler:
+    """Per-parameter z-scoring with statistics fitted on the training split."""
+
+    mean: np.ndarray  # (48,)
+    std: np.ndarray  # (48,)
+
+    @classmethod
+    def fit(cls, process: pd.DataFrame) -> ProcessScaler:
+        values = process[list(parameter_names())].to_numpy(np.float64)
+        std = np.nanstd(values, axis=0)
+        return cls(mean=np.nanmean(values, axis=0), std=np.where(std > 0, std, 1.0))
+
+    def transform(self, process: pd.DataFrame) -> np.ndarray:
+        """z-scores as float32 (N, 48); NaN stays NaN (a missing cell)."""
+        values = process[list(parameter_names())].to_numpy(np.float64)
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+    def save(self, path: str | Path) -> None:
+        names = parameter_names()
+        payload = {n: [float(m), float(s)] for n, m, s in zip(names, self.mean, self.std)}
+        Path(path).write_text(json.dumps(payload, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProcessScaler:
+        payload = json.loads(Path(path).read_text())
+        stats = np.array([payload[n] for n in parameter_names()], np.float64)
+        return cls(mean=stats[:, 0], std=stats[:, 1])
+
+
+@dataclass
+class DieSplit:
+    """One split, decoded: what training, evaluation and export read."""
+
+    ids: list[str]
+    images: np.ndarray  # uint8 (N, H, W, 3), a memory map of the cache
+    process: np.ndarray  # float32 (N, 48) z-scores, NaN where missing
+    notes: list[str]
+    labels: np.ndarray | None  # int64 (N,)
+    metadata: pd.DataFrame
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_split(
+    data_dir: str | Path,
+    split: str,
+    img_size: int,
+    cache_dir: str | Path,
+    scaler: ProcessScaler,
+    require_labels: bool = True,
+) -> DieSplit:
+    """Read, check and decode one split (images from the cache when present)."""
+    tables = read_split(Path(data_dir) / split, require_labels=require_labels)
+    digest = split_digest(tables)
+    return DieSplit(
+        ids=tables.ids,
+        images=cached_images(tables, img_size, cache_dir, digest),
+        process=scaler.transform(tables.process),
+        notes=tables.notes,
+        labels=tables.labels,
+        metadata=tables.metadata,
+        digest=digest,
+    )
+
+
+def train_scaler(data_dir: str | Path, cache_dir: str | Path) -> ProcessScaler:
+    """The train split's z-score statistics, fitted once per train digest and saved."""
+    tables = read_split(Path(data_dir) / "train")
+    path = Path(cache_dir) / f"scaler-{split_digest(tables)}.json"
+    if path.exists():
+        return ProcessScaler.load(path)
+    scaler = ProcessScaler.fit(tables.process)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scaler.save(path)
+    return scaler
+
+
+def load_multimodal_dataset(
+    data_dir: str | Path,
+    split: str = "train",
+    img_size: int = 256,
+    cache_dir: str | Path = ".cache/dieguard",
+    augment: bool | None = None,
+    seed: int = 0,
+):
+    """Load one split as tensors (the seed's contract).
+
+    Args:
+        data_dir: the data set root (train/val/test folders).
+        split: 'train', 'val' or 'test'.
+        img_size: image side (256 keeps the contract's full resolution).
+        cache_dir: decode cache and saved z-score statistics.
+        augment: apply one random augmentation pass; default True for train only.
+        seed: augmentation seed.
+    Returns:
+        images (N, 3, H, W) float in [0, 1]; process_logs (N, 48) z-scored with the train
+        statistics (NaN where a sensor dropped out); notes, a list of N strings ("" when
+        absent); labels (N,) int64.
+    """
+    scaler = train_scaler(data_dir, cache_dir)
+    part = load_split(data_dir, split, img_size, cache_dir, scaler)
+    images = torch.from_numpy(np.array(part.images)).permute(0, 3, 1, 2)
+    if augment is None:
+        augment = split == "train"
+    if augment:
+        images = augment_batch(images, torch.Generator().manual_seed(seed))
+    else:
+        images = images.float() / 255.0
+    return images, torch.from_numpy(part.process), list(part.notes), torch.from_numpy(part.labels)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random flips, rotation within 15 degrees and brightness/contrast jitter, batched.
+
+    Runs on whichever device `images` is on (the generator must be on that device too).
+
+    Args:
+        images: (B, 3, H, W), uint8 or float in [0, 1].
+        generator: random stream for reproducible augmentation.
+    Returns:
+        float (B, 3, H, W) in [0, 1].
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    B = x.shape[0]  # batch size
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(B, device=x.device, generator=generator)
+
+    hflip, vflip = uniform(0, 1) < 0.5, uniform(0, 1) < 0.5
+    x = torch.where(hflip[:, None, None, None], x.flip(3), x)
+    x = torch.where(vflip[:, None, None, None], x.flip(2), x)
+    angle = uniform(-15, 15) * math.pi / 180
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    x = torch.nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+    brightness, contrast = uniform(0.85, 1.15), uniform(0.85, 1.15)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast[:, None, None, None] + mean
+    x = x * brightness[:, None, None, None]
+    return x.clamp(0.0, 1.0)

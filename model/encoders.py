@@ -1,0 +1,134 @@
+"""Modality encoders: a ViT over die images, process-log tokens and operator-note tokens.
+
+Each encoder maps its raw input to a sequence of `embed_dim` tokens; fusion happens elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from model.config import ModelConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageNormalize(nn.Module):
+    """Maps images in [0, 1] to ImageNet-normalised values (kept inside the network for export)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
+class ImageEncoder(nn.Module):
+    """A patch ViT (no class token, randomly initialised) followed by a projection to embed_dim."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.normalize = ImageNormalize()
+        self.vit = VisionTransformer(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.vit_dim,
+            depth=cfg.vit_depth,
+            num_heads=cfg.vit_heads,
+            num_classes=0,
+            class_token=False,
+            global_pool="",
+        )
+        self.proj = nn.Linear(cfg.vit_dim, cfg.embed_dim)
+        self.num_regions = (cfg.img_size // cfg.patch_size) ** 2
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images (B, 3, H, W) in [0, 1]. Returns: visual tokens (B, K, D)."""
+        x = self.vit.forward_features(self.normalize(images))  # B, K, vit_dim
+        return self.proj(x)  # B, K, D
+
+
+class ProcessEncoder(nn.Module):
+    """Process-log encoder; "per_parameter" gives one token per parameter, "single" one token.
+
+    Per-parameter token i is `value_i * w_i + e_i`, or `m_i + e_i` when the cell is missing.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        P, D = cfg.process_dim, cfg.embed_dim  # parameters, dim
+        self.mode = cfg.process_tokens
+        if self.mode == "per_parameter":
+            self.value_weight = nn.Parameter(torch.zeros(P, D))
+            self.param_embed = nn.Parameter(torch.zeros(P, D))
+            self.missing_embed = nn.Parameter(torch.zeros(P, D))
+            for p in (self.value_weight, self.param_embed, self.missing_embed):
+                trunc_normal_(p, std=0.02)
+            self.norm = nn.LayerNorm(D)
+            self.mixer = nn.TransformerEncoderLayer(
+                D, cfg.fusion_heads, 2 * D, cfg.dropout, "gelu", batch_first=True, norm_first=True
+            )
+        elif self.mode == "single":
+            self.proj = nn.Linear(2 * P, D)  # values and the missing mask
+        else:
+            raise ValueError(f"unknown process_tokens mode {self.mode!r}")
+        self.pool_proj = nn.Linear(D, D)
+
+    def forward(
+        self, values: torch.Tensor, missing: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: values (B, P) z-scored, NaN where missing; missing (B, P) bool or None.
+
+        Returns: tokens (B, P, D) or (B, 1, D) in "single" mode, and pooled embedding (B, D).
+        """
+        missing = torch.isnan(values) if missing is None else missing | torch.isnan(values)
+        x = torch.where(missing, torch.zeros_like(values), values)  # B, P
+        if self.mode == "per_parameter":
+            tokens = x.unsqueeze(-1) * self.value_weight  # B, P, D
+            filled = self.missing_embed.expand_as(tokens)  # B, P, D
+            tokens = torch.where(missing.unsqueeze(-1), filled, tokens) + self.param_embed
+            tokens = self.mixer(self.norm(tokens))  # B, P, D
+        else:
+            x = torch.cat([x, missing.to(x.dtype)], dim=-1)  # B, 2P
+            tokens = self.proj(x).unsqueeze(1)  # B, 1, D
+        return tokens, self.pool_proj(tokens.mean(1))
+
+
+class NoteEncoder(nn.Module):
+    """Token + learned position embeddings and a small Transformer over operator-note tokens."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        D = cfg.embed_dim
+        self.tok_embed = nn.Embedding(cfg.vocab_size, D, padding_idx=0)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_note_len, D))
+        trunc_normal_(self.pos_embed, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            D, cfg.text_heads, 4 * D, cfg.dropout, "gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(D)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Args: tokens (B, L) int64, 0 = padding; mask (B, L) bool, True on real tokens.
+
+        Returns: note tokens (B, L, D); rows with no real token are finite but meaningless.
+        """
+        L = tokens.shape[1]  # note length
+        pad = _safe_padding_mask(mask)  # B, L
+        x = self.tok_embed(tokens) + self.pos_embed[:, :L]  # B, L, D
+        x = self.encoder(x, src_key_padding_mask=pad)  # B, L, D
+        return self.norm(x)
+
+
+def _safe_padding_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Padding mask (True = ignore) that leaves position 0 open on rows with no real token."""
+    empty = ~mask.any(dim=1, keepdim=True)  # B, 1
+    first = torch.zeros_like(mask)
+    first[:, 0] = True
+    return ~mask & ~(first & empty)

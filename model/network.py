@@ -1,0 +1,226 @@
+"""The classifiers: the multimodal defect detector, the ResNet-18 vision baseline, and
+`build_model`, which picks one from a ModelConfig.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.encoders import ImageEncoder, ImageNormalize, NoteEncoder, ProcessEncoder
+from model.fusion import AttentionPool, GatedCrossAttention
+
+BASELINE_FROZEN = ("conv1", "bn1", "layer1", "layer2", "layer3")
+
+
+class MultimodalDefectDetector(nn.Module):
+    """Die image + process log + operator note -> defect class, with a region map.
+
+    Visual tokens attend first to process tokens, then to note tokens, each through a
+    zero-initialised gate; an attention pool and a linear head give the logits.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 256,
+        patch_size: int = 16,
+        embed_dim: int = 256,
+        process_dim: int = 48,
+        vocab_size: int = 10000,
+        num_classes: int = 5,
+        cfg: ModelConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if cfg is None:
+            cfg = ModelConfig(
+                img_size=img_size,
+                patch_size=patch_size,
+                embed_dim=embed_dim,
+                process_dim=process_dim,
+                vocab_size=vocab_size,
+                num_classes=num_classes,
+            )
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.image_encoder = ImageEncoder(cfg)
+        self.process_encoder = ProcessEncoder(cfg)
+        self.note_encoder = NoteEncoder(cfg)
+        self.fuse_process = GatedCrossAttention(D, cfg.fusion_heads, cfg.dropout)
+        self.fuse_note = GatedCrossAttention(D, cfg.fusion_heads, cfg.dropout)
+        self.image_proj = nn.Linear(D, D)
+        self.pool = AttentionPool(D)
+        self.norm = nn.LayerNorm(D)
+        self.head_drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(D, cfg.num_classes)
+
+    def forward_features(
+        self,
+        images: torch.Tensor,
+        process_logs: torch.Tensor,
+        note_tokens: torch.Tensor | None = None,
+        note_mask: torch.Tensor | None = None,
+        process_missing: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Args: as `forward`. Returns: pooled fused vector (B, D) and the aux dict."""
+        h_v = self.image_encoder(images)  # B, K, D
+        B, K, _ = h_v.shape  # batch, regions, dim
+        h_p, process_embedding = self.process_encoder(process_logs, process_missing)  # B, P, D
+        h_v2, process_attention = self.fuse_process(h_v, h_p)  # B, K, D ; B, K, P
+        if note_tokens is None:
+            h_v3 = h_v2
+            text_attention = h_v.new_zeros(B, K, 0)
+        else:
+            if note_mask is None:
+                note_mask = note_tokens != 0
+            note_mask = note_mask.bool()  # B, L
+            h_t = self.note_encoder(note_tokens, note_mask)  # B, L, D
+            h_v3, text_attention = self.fuse_note(
+                h_v2, h_t, key_padding_mask=~note_mask, active=note_mask.any(dim=1)
+            )  # B, K, D ; B, K, L
+        pooled, region_map = self.pool(h_v3)  # B, D ; B, K
+        aux = {
+            "region_map": region_map,
+            "process_attention": process_attention,
+            "text_attention": text_attention,
+            "image_embedding": self.image_proj(h_v.mean(dim=1)),
+            "process_embedding": process_embedding,
+            "fused_embedding": pooled,
+        }
+        return pooled, aux
+
+    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Args: pooled (B, D). Returns: logits (B, num_classes)."""
+        return self.head(self.head_drop(self.norm(pooled)))
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        process_logs: torch.Tensor,
+        note_tokens: torch.Tensor | None = None,
+        note_mask: torch.Tensor | None = None,
+        process_missing: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Args:
+            images: (B, 3, H, W) in [0, 1].
+            process_logs: (B, P) z-scored, NaN allowed where missing.
+            note_tokens: (B, L) int64 ids, 0 = padding; None when no sample has a note.
+            note_mask: (B, L) bool, True on real tokens; an all-False row means no note.
+            process_missing: (B, P) bool, True = missing; derived from NaN when None.
+        Returns:
+            logits (B, num_classes) and the aux dict (region_map, process_attention,
+            text_attention, image_embedding, process_embedding, fused_embedding).
+        """
+        pooled, aux = self.forward_features(
+            images, process_logs, note_tokens, note_mask, process_missing
+        )
+        return self.forward_head(pooled), aux
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the classification head (final norm and linear layer)."""
+        return [*self.norm.parameters(), *self.head.parameters()]
+
+    def set_head_trainable(self, flag: bool) -> None:
+        """Freeze (False) or unfreeze (True) the classification head."""
+        for p in self.head_parameters():
+            p.requires_grad_(flag)
+
+    def gates(self) -> dict[str, float]:
+        """Current tanh gate values of the two fusion blocks, for logging."""
+        return {"process": self.fuse_process.gate(), "note": self.fuse_note.gate()}
+
+
+def build_vision_baseline(
+    num_classes: int = 5, weights_path: str | Path | None = None
+) -> nn.Module:
+    """A timm ResNet-18, randomly initialised or loaded from a local state dict.
+
+    Args:
+        num_classes: output classes.
+        weights_path: local state dict (e.g. ImageNet weights). When given, `fc.*` entries of
+            another shape are skipped and conv1/bn1/layer1-3 are frozen.
+    Returns:
+        The ResNet-18 module.
+    """
+    net = timm.create_model("resnet18", pretrained=False, num_classes=num_classes)
+    if weights_path is None:
+        return net
+    state = _read_state_dict(weights_path)
+    own = net.state_dict()
+    state = {
+        k: v
+        for k, v in state.items()
+        if not (k.startswith("fc.") and k in own and v.shape != own[k].shape)
+    }
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"{weights_path}: keys do not match resnet18: {bad[:5]}")
+    for name in BASELINE_FROZEN:
+        for p in getattr(net, name).parameters():
+            p.requires_grad_(False)
+    return net
+
+
+def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+class VisionBaseline(nn.Module):
+    """Image-only ResNet-18 with the multimodal model's call signature (extra inputs ignored)."""
+
+    def __init__(self, weights_path: str | Path | None = None, num_classes: int = 5) -> None:
+        super().__init__()
+        self.normalize = ImageNormalize()
+        self.net = build_vision_baseline(num_classes, weights_path)
+        self.net.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        process_logs: torch.Tensor | None = None,
+        note_tokens: torch.Tensor | None = None,
+        note_mask: torch.Tensor | None = None,
+        process_missing: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Args: images (B, 3, H, W) in [0, 1]; the rest ignored.
+
+        Returns: logits (B, num_classes) and {"fused_embedding": pooled features (B, 512)}.
+        """
+        x = self.normalize(images).contiguous(memory_format=torch.channels_last)
+        feats = self.net.forward_features(x)  # B, 512, h, w
+        pooled = self.net.forward_head(feats, pre_logits=True)  # B, 512
+        return self.net.fc(pooled), {"fused_embedding": pooled}
+
+    def train(self, mode: bool = True) -> VisionBaseline:
+        """Sets train mode, keeping batch norms of frozen stages on their running statistics."""
+        super().train(mode)
+        for m in self.net.modules():
+            if isinstance(m, nn.BatchNorm2d) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return self
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the final linear layer."""
+        return list(self.net.fc.parameters())
+
+    def set_head_trainable(self, flag: bool) -> None:
+        """Freeze (False) or unfreeze (True) the final linear layer."""
+        for p in self.head_parameters():
+            p.requires_grad_(flag)
+
+
+def build_model(cfg: ModelConfig, kind: str = "multimodal") -> nn.Module:
+    """Args: cfg the model config; kind "multimodal" or "baseline". Returns: the model."""
+    if kind == "multimodal":
+        return MultimodalDefectDetector(cfg=cfg)
+    if kind == "baseline":
+        return VisionBaseline(cfg.baseline_weights, cfg.num_classes)
+    raise ValueError(f"unknown model kind {kind!r}; expected 'multimodal' or 'baseline'")

@@ -1,0 +1,69 @@
+"""Running a trained model over batches: probabilities and, on request, explanations."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.batches import DieDataset, die_loader
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' takes CUDA when it is available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_inputs(batch: dict, device: torch.device, with_notes: bool = True) -> dict:
+    """The forward() keyword arguments of a batch, on `device`, images as float [0, 1]."""
+    images = batch["image"].to(device, non_blocking=True)
+    note_mask = batch["note_mask"].to(device, non_blocking=True)
+    if not with_notes:
+        note_mask = torch.zeros_like(note_mask)
+    return {
+        "images": images.float() / 255.0 if images.dtype == torch.uint8 else images,
+        "process_logs": batch["process"].to(device, non_blocking=True),
+        "process_missing": batch["missing"].to(device, non_blocking=True),
+        "note_tokens": batch["note_ids"].to(device, non_blocking=True),
+        "note_mask": note_mask,
+    }
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    dataset: DieDataset,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+    with_notes: bool = True,
+    keep: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
+    """Softmax probabilities for every die of `dataset`, in dataset order.
+
+    Args:
+        model: a network with the forward(images, process_logs, ...) signature.
+        dataset: the dies.
+        batch_size: dies per forward pass.
+        device: where to run (default: where the model is).
+        with_notes: False scores every die as if it had no note.
+        keep: aux outputs to return as well (e.g. "region_map", "fused_embedding").
+    Returns:
+        {"probs": (N, C), "labels": (N,), plus one (N, ...) array per kept aux output}.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: dict[str, list] = {"probs": [], "labels": [], "index": []}
+    out.update({k: [] for k in keep})
+    for batch in die_loader(dataset, batch_size, shuffle=False):
+        logits, aux = model(**model_inputs(batch, device, with_notes))
+        out["probs"].append(torch.softmax(logits.float(), dim=1).cpu())
+        out["labels"].append(batch["label"])
+        out["index"].append(batch["index"])
+        for k in keep:
+            out[k].append(aux[k].float().cpu())
+    model.train(was_training)
+    order = torch.cat(out.pop("index")).argsort()
+    return {k: torch.cat(v)[order].numpy() for k, v in out.items()}

@@ -1,0 +1,70 @@
+"""Prepare a data set for training: decode once, fit z-scores and the note tokenizer on train."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from model.batches import DieDataset
+from model.config import RunConfig
+from model.contract import read_split
+from model.data import DieSplit, ProcessScaler, load_split
+from model.tokenizer import encode_notes, save_tokenizer, train_note_tokenizer
+
+SCALER_FILE = "scaler.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class Prepared:
+    """Everything a training or evaluation run reads, fitted on the training split."""
+
+    splits: dict[str, DieSplit]
+    datasets: dict[str, DieDataset]
+    scaler: ProcessScaler
+    tokenizer: Tokenizer
+    folder: Path  # where the scaler and tokenizer are saved
+
+    @property
+    def digest(self) -> str:
+        """Content digest of all loaded splits together."""
+        joined = ",".join(f"{name}:{part.digest}" for name, part in sorted(self.splits.items()))
+        return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
+
+
+def prepare(cfg: RunConfig, folder: str | Path, splits=("train", "val", "test")) -> Prepared:
+    """Load the splits from the cache (decoding once); fit the scaler and tokenizer on train.
+
+    Args:
+        cfg: the run's configuration (data_dir, image size, cache, vocabulary).
+        folder: where scaler.json and tokenizer.json are written.
+        splits: which splits to load; "train" is always read to fit the statistics.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    scaler, tokenizer = _fit(cfg, folder)
+    loaded = {
+        s: load_split(cfg.data_dir, s, cfg.model.img_size, cfg.data.cache_dir, scaler)
+        for s in splits
+    }
+    L = cfg.model.max_note_len
+    datasets = {s: encode_split(part, tokenizer, L) for s, part in loaded.items()}
+    return Prepared(loaded, datasets, scaler, tokenizer, folder)
+
+
+def encode_split(part: DieSplit, tokenizer: Tokenizer, max_note_len: int) -> DieDataset:
+    """A DieDataset of one split with its notes tokenized."""
+    ids, mask = encode_notes(tokenizer, part.notes, max_note_len)
+    return DieDataset(part, ids, mask)
+
+
+def _fit(cfg: RunConfig, folder: Path) -> tuple[ProcessScaler, Tokenizer]:
+    train = read_split(Path(cfg.data_dir) / "train")
+    scaler = ProcessScaler.fit(train.process)
+    tokenizer = train_note_tokenizer(train.notes, cfg.model.vocab_size)
+    scaler.save(folder / SCALER_FILE)
+    save_tokenizer(tokenizer, folder / TOKENIZER_FILE)
+    return scaler, tokenizer

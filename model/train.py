@@ -1,0 +1,278 @@
+"""Two-stage training of the multimodal model (and, by the same loop, the vision baseline).
+
+Stage 1 aligns image and process embeddings (contrastive loss only, head frozen); stage 2
+trains everything with focal + contrastive + attention-entropy loss under cosine annealing.
+Each epoch calibrates the defect threshold on validation so the escape rate stays under
+target; the best epoch is the one whose threshold costs the fewest false positives.
+
+    python -m model.train --config configs/cpu.yaml data_dir=data/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model.batches import die_loader
+from model.calibrate import OperatingPoint, choose_threshold
+from model.checkpoint import (
+    checkpoint_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    save_trained,
+)
+from model.config import RunConfig, load_config
+from model.data import augment_batch
+from model.losses import MultimodalLoss, class_alpha
+from model.metrics import decide, escape_rate, false_positive_rate, macro_f1
+from model.network import build_model
+from model.predict import model_inputs, pick_device, predict
+from model.prepare import Prepared
+
+KINDS = ("baseline", "multimodal")
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run leaves behind."""
+
+    kind: str
+    folder: Path
+    model: nn.Module
+    operating_point: OperatingPoint | None  # None while the run is unfinished (max_epochs)
+    history: list[dict]
+    best_epoch: int
+    seconds: float
+
+
+def train_model(kind: str, data: Prepared, cfg: RunConfig, folder: str | Path, resume: bool = True,
+                progress: bool = True, max_epochs: int | None = None) -> TrainResult:  # fmt: skip
+    """Train one model kind, checkpointing every epoch and resuming from the last one.
+
+    Args:
+        kind: "multimodal" or "baseline".
+        data: the prepared splits (train and val are used).
+        cfg: the run's configuration.
+        folder: this model's run folder (checkpoints, history, model.pt).
+        resume: continue from folder/checkpoints/last.pt when it exists.
+        progress: show progress bars with live figures.
+        max_epochs: stop after this many epochs in this call (a time-boxed job resumes later).
+    """
+    started = time.perf_counter()
+    folder, t = Path(folder), cfg.train
+    device = pick_device(t.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal activations slow CPU training tenfold
+        if t.threads:
+            torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model, kind).to(device)
+    stages = _stage_plan(kind, t)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay
+    )
+    steps = _steps_per_epoch(data, t)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(stages, steps))
+    alpha = class_alpha(data.splits["train"].labels, cfg.model.num_classes).to(device)
+    loss_fn = MultimodalLoss(alpha, t.focal_gamma, t.lambda_contrastive, t.lambda_entropy,
+                             t.temperature)  # fmt: skip
+    state = {"epoch": 0, "history": [], "best": None, "best_epoch": -1, "stale": 0,
+             "fingerprint": _fingerprint(kind, cfg, data)}  # fmt: skip
+    last = folder / "checkpoints" / "last.pt"
+    if resume and checkpoint_fingerprint(last) == state["fingerprint"]:
+        state = load_checkpoint(last, model, optimizer, scheduler)
+    runner = _Epochs(model, loss_fn, optimizer, scheduler, data, cfg, device, progress)
+    stop = len(stages) if max_epochs is None else min(len(stages), state["epoch"] + max_epochs)
+    while state["epoch"] < stop and state["stale"] < t.patience:
+        epoch, stage = state["epoch"], stages[state["epoch"]]
+        row = runner.run(epoch, stage)
+        _track_best(state, row, model, folder)
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        save_checkpoint(last, model, optimizer, scheduler, state)
+    _write_history(folder / "history.csv", state["history"])
+    point = None
+    if state["epoch"] >= len(stages) or state["stale"] >= t.patience:  # finished: keep the best
+        model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
+        point = OperatingPoint(**state["best"])
+        save_trained(folder / "model.pt", model, kind, cfg, point)
+    seconds = time.perf_counter() - started
+    return TrainResult(kind, folder, model, point, state["history"], state["best_epoch"], seconds)
+
+
+def _fingerprint(kind: str, cfg: RunConfig, data: Prepared) -> str:
+    """What a checkpoint must match to be resumed: the kind, model, training and data."""
+    spec = json.dumps([kind, cfg.to_dict()["model"], cfg.to_dict()["train"], data.digest])
+    return hashlib.blake2b(spec.encode(), digest_size=16).hexdigest()
+
+
+def _stage_plan(kind: str, t) -> list[int]:
+    """The stage of each epoch: [1, 1, 2, 2, ...]; the baseline has no alignment stage."""
+    if kind == "baseline":
+        return [2] * t.baseline_epochs
+    return [1] * t.stage1_epochs + [2] * t.stage2_epochs
+
+
+def _steps_per_epoch(data: Prepared, t) -> int:
+    steps = math.ceil(len(data.datasets["train"]) / t.batch_size)
+    return min(steps, t.max_batches_per_epoch) if t.max_batches_per_epoch else steps
+
+
+def _lr_factor(stages: list[int], steps: int):
+    """Constant in stage 1; one warm-up epoch fraction then cosine to 1% over stage 2."""
+    first = stages.index(2) * steps if 2 in stages else len(stages) * steps
+    total = max(1, (len(stages) * steps) - first)
+    warmup = max(1, min(steps // 2, total // 10))
+
+    def factor(step: int) -> float:
+        if step < first:
+            return 1.0
+        s = step - first
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+
+    return factor
+
+
+def _track_best(state: dict, row: dict, model: nn.Module, folder: Path) -> None:
+    """Keep the stage-2 epoch with the lowest validation FPR at the escape target."""
+    if row["stage"] != 2:
+        return
+    score = (row["val_fpr"], row["val_escape"])
+    best = state["best"]
+    if best is None or score < (best["val_fpr"], best["val_escape"]):
+        state["best"] = {k: row[k] for k in ("threshold", "val_escape", "val_fpr")} | {
+            "escape_target": row["escape_target"],
+            "val_defective": row["val_defective"],
+            "val_good": row["val_good"],
+        }
+        state["best_epoch"], state["stale"] = row["epoch"], 0
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(_unwrap(model).state_dict(), folder / "best.pt")
+    else:
+        state["stale"] += 1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", getattr(model, "_orig_mod", model))
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    pd.DataFrame(history).to_csv(path, index=False)  # stage-1 rows lack the stage-2 terms
+
+
+class _Epochs:
+    """One epoch of training plus its validation, with the run's fixed parts bound."""
+
+    def __init__(self, model, loss_fn, optimizer, scheduler, data, cfg, device, progress):
+        self.model, self.loss_fn = model, loss_fn
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.data, self.cfg, self.device, self.progress = data, cfg, device, progress
+        self.autocast = device.type == "cuda" and cfg.train.bf16
+
+    def run(self, epoch: int, stage: int) -> dict:
+        t = self.cfg.train
+        torch.manual_seed(t.seed * 1000 + epoch)  # dropout, augmentation: reproducible on resume
+        _unwrap(self.model).set_head_trainable(stage == 2)
+        started = time.perf_counter()
+        train = self._train(epoch, stage)
+        val = self._validate()
+        return {"epoch": epoch, "stage": stage, **train, **val,
+                "lr": self.scheduler.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+
+    def _train(self, epoch: int, stage: int) -> dict:
+        t, device = self.cfg.train, self.device
+        self.model.train()
+        loader = die_loader(self.data.datasets["train"], t.batch_size, shuffle=True,
+                            seed=t.seed * 1000 + epoch, num_workers=self.cfg.data.num_workers,
+                            pin_memory=device.type == "cuda")  # fmt: skip
+        gen = torch.Generator(device=device).manual_seed(t.seed * 1000 + epoch)
+        total = _steps_per_epoch(self.data, t)
+        bar = tqdm(loader, total=total, desc=f"epoch {epoch} stage {stage}",
+                   disable=not self.progress, leave=False)  # fmt: skip
+        sums, n, waited, tick = {}, 0, 0.0, time.perf_counter()
+        for step, batch in enumerate(bar):
+            if step >= total:
+                break
+            waited += time.perf_counter() - tick
+            parts = self._step(batch, stage, gen)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            bar.set_postfix(loss=f"{sums['total'] / n:.4f}")
+            tick = time.perf_counter()
+        bar.close()
+        return {"train_loss": sums["total"] / n, "data_wait_s": round(waited, 3)} | {
+            f"train_{k}": v / n for k, v in sums.items() if k != "total"
+        }
+
+    def _step(self, batch: dict, stage: int, gen: torch.Generator) -> dict:
+        inputs = model_inputs(batch, self.device)
+        inputs["images"] = augment_batch(inputs["images"], gen)
+        B = inputs["images"].shape[0]  # batch size
+        drop = torch.rand(B, device=self.device, generator=gen) < self.cfg.train.note_dropout
+        inputs["note_mask"] = inputs["note_mask"] & ~drop[:, None]
+        labels = batch["label"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits, aux = self.model(**inputs)
+        aux = {k: v.float() for k, v in aux.items()}
+        loss, parts = self.loss_fn(logits.float(), labels, aux, stage=stage)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        return parts
+
+    def _validate(self) -> dict:
+        t = self.cfg.train
+        out = predict(_unwrap(self.model), self.data.datasets["val"], batch_size=2 * t.batch_size)
+        probs, labels = out["probs"], out["labels"]
+        point = choose_threshold(probs, labels, t.escape_target)
+        y_pred = decide(probs, point.threshold)
+        alpha = self.loss_fn.alpha
+        weights = alpha.cpu().numpy()[labels] if alpha is not None else 1.0
+        p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+        focal = -weights * (1 - p_true) ** t.focal_gamma * np.log(p_true)
+        return {
+            "val_loss": float(focal.mean()),
+            "threshold": point.threshold,
+            "val_escape": escape_rate(labels, y_pred)["rate"],
+            "val_fpr": false_positive_rate(labels, y_pred)["rate"],
+            "val_macro_f1": macro_f1(labels, y_pred),
+            "escape_target": t.escape_target,
+            "val_defective": point.val_defective,
+            "val_good": point.val_good,
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: train the configured model kinds and print their test figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--kind", choices=[*KINDS, "both"], default="both")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-3")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    from model.report import train_and_report  # the command's printing lives apart
+
+    train_and_report(cfg, KINDS if args.kind == "both" else (args.kind,))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

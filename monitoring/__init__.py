@@ -1,0 +1,1 @@
+"""Production monitoring: drift, rolling escape rate and FPR, latency, missing-modality alerts."""

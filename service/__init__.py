@@ -1,0 +1,1 @@
+"""The inline inspection service: API, micro-batching, inspection log, feedback, dashboard."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin @task wrappers (retries, caching, logging) around one library call each."""

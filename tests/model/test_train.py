@@ -1,0 +1,109 @@
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from model.checkpoint import ModelFileError, load_trained
+from model.config import load_config
+from model.prepare import prepare
+from model.report import train_and_report
+from model.train import train_model
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [f"data_dir={tiny_data}", f"out_dir={out}", f"data.cache_dir={out / 'cache'}"],
+    )
+    return cfg, prepare(cfg, out / "prepared")
+
+
+@pytest.fixture
+def smoke_cfg(smoke):
+    """A private copy of the smoke config (tests may change it) and the prepared data."""
+    cfg, data = smoke
+    return copy.deepcopy(cfg), data
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_both_kinds_train_and_leave_a_usable_model(smoke_cfg, tmp_path):
+    cfg, data = smoke_cfg
+    for kind, epochs in (("multimodal", 3), ("baseline", 2)):
+        result = train_model(kind, data, cfg, tmp_path / kind, progress=False)
+        history = pd.read_csv(tmp_path / kind / "history.csv")
+        assert len(history) == epochs
+        assert history["stage"].tolist()[-1] == 2
+        assert np.isfinite(history["train_loss"]).all()
+        assert 0.0 <= result.operating_point.threshold <= 1.0
+        model, loaded_cfg, point = load_trained(tmp_path / kind / "model.pt")
+        assert point == result.operating_point
+        assert loaded_cfg.to_dict() == cfg.to_dict()
+        for a, b in zip(model.state_dict().values(), result.model.state_dict().values()):
+            assert torch.equal(a.cpu(), b.cpu())
+
+
+def test_stage_one_trains_alignment_only_with_the_head_frozen(smoke_cfg, tmp_path):
+    cfg, data = smoke_cfg
+    result = train_model("multimodal", data, cfg, tmp_path, progress=False, max_epochs=1)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["stage"].tolist() == [1]
+    assert "train_focal" not in history.columns
+    assert all(not p.requires_grad for p in result.model.head_parameters())
+    assert result.operating_point is None  # unfinished: no model.pt yet
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_loss_falls_on_tiny_data(smoke_cfg, tmp_path):
+    cfg, data = smoke_cfg
+    cfg.train.stage1_epochs, cfg.train.stage2_epochs, cfg.train.patience = 0, 8, 99
+    cfg.train.max_batches_per_epoch = 3
+    result = train_model("multimodal", data, cfg, tmp_path, progress=False)
+    losses = [row["train_focal"] for row in result.history]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])
+
+
+def test_resume_reproduces_an_uninterrupted_run(smoke_cfg, tmp_path):
+    cfg, data = smoke_cfg
+    straight = train_model("multimodal", data, cfg, tmp_path / "a", progress=False)
+    train_model("multimodal", data, cfg, tmp_path / "b", progress=False, max_epochs=2)
+    resumed = train_model("multimodal", data, cfg, tmp_path / "b", progress=False)
+    assert len(resumed.history) == len(straight.history)
+    for (name, a), b in zip(_weights(straight.model).items(), _weights(resumed.model).values()):
+        assert torch.equal(a, b), name
+    assert resumed.operating_point == straight.operating_point
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(smoke_cfg, tmp_path):
+    cfg, data = smoke_cfg
+    train_model("multimodal", data, cfg, tmp_path, progress=False, max_epochs=2)
+    cfg2 = copy.deepcopy(cfg)
+    cfg2.train.lr = cfg.train.lr / 2
+    result = train_model("multimodal", data, cfg2, tmp_path, progress=False)
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+
+
+def test_train_and_report_scores_test_with_and_without_notes(smoke_cfg):
+    cfg, _ = smoke_cfg
+    summary = train_and_report(cfg, ("multimodal",), progress=False)
+    test = summary["multimodal"]["test"]
+    assert test["n"] == 120
+    assert {"escape", "fpr", "macro_f1", "accuracy"} <= set(test)
+    assert summary["multimodal"]["test_no_notes"]["n"] == 120
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model", None])
+def test_a_corrupt_or_foreign_model_file_is_refused(tmp_path, content):
+    path = tmp_path / "model.pt"
+    if content is None:
+        torch.save({"kind": "multimodal"}, path)  # a torch file that is not a dieguard model
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="not a usable dieguard model"):
+        load_trained(path)
