@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 DATA ?= data/default
 CONFIG ?= configs/cpu.yaml
 
-.PHONY: install demo test lint format data eda train clean
+RUN := runs/$(basename $(notdir $(CONFIG)))
+
+.PHONY: install demo test lint format data eda train evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +33,11 @@ eda: data
 train: data
 	$(BIN)/dieguard train --config $(CONFIG) data_dir=$(DATA)
 
-demo: eda train
+evaluate: train
+	$(BIN)/dieguard evaluate $(RUN)/multimodal/model.pt --baseline $(RUN)/baseline/model.pt \
+		--out $(RUN)/evaluation
+
+demo: eda evaluate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

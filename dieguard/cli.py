@@ -22,11 +22,19 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--val-n", type=int, default=None, help="Validation dies (default 20%).")
 @click.option("--test-n", type=int, default=None, help="Test dies (default 20%).")
-@click.option("--drift", default="none", show_default=True,
-              help="Production change to simulate: none, recipe, notes, illumination.")  # fmt: skip
+@click.option(
+    "--drift",
+    default="none",
+    show_default=True,
+    help="Production change to simulate: none, recipe, notes, illumination.",
+)
 @click.option("--workers", type=int, default=None, help="Rendering processes (default: cores).")
-@click.option("--audit", "audit_dir", type=click.Path(file_okay=False),
-              help="Run the signal audit on this data set (after generating, if --out is it).")  # fmt: skip
+@click.option(
+    "--audit",
+    "audit_dir",
+    type=click.Path(file_okay=False),
+    help="Run the signal audit on this data set (after generating, if --out names it).",
+)
 def synth(out_dir, n, seed, val_n, test_n, drift, workers, audit_dir) -> None:
     """Generate a synthetic data set in the dataset contract, or audit one."""
     from model.synthetic.generate import generate_dataset
@@ -37,8 +45,8 @@ def synth(out_dir, n, seed, val_n, test_n, drift, workers, audit_dir) -> None:
         started = time.perf_counter()
         plan = generate_dataset(out_dir, n, seed, val_n, test_n, drift, workers)
         sizes = plan.groupby("split").size().to_dict()
-        click.echo(f"wrote {len(plan)} dies to {out_dir} {sizes} "
-                   f"in {time.perf_counter() - started:.1f}s")  # fmt: skip
+        seconds = time.perf_counter() - started
+        click.echo(f"wrote {len(plan)} dies to {out_dir} {sizes} in {seconds:.1f}s")
     if audit_dir:
         from model.synthetic.audit import format_audit, signal_audit
 
@@ -70,6 +78,98 @@ def train(config_path, kind, overrides) -> None:
 
     cfg = load_config(config_path, list(overrides))
     train_and_report(cfg, ("baseline", "multimodal") if kind == "both" else (kind,))
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Data set to evaluate on (default: the one the model was trained on).",
+)
+@click.option(
+    "--baseline",
+    "baseline_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Vision-only model to compare on the same dies.",
+)
+@click.option("--split", default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def evaluate(model_path, out_dir, data_dir, baseline_path, split, device) -> None:
+    """Evaluate a trained model: metrics, error analysis and fairness audit, one report."""
+    from model.evaluation_job import run_evaluation
+
+    s = run_evaluation(
+        model_path,
+        out_dir,
+        data_dir=data_dir,
+        baseline_path=baseline_path,
+        split=split,
+        device=device,
+    )
+    e, f = s["escape"], s["fpr"]
+    click.echo(
+        f"escape {e['rate']:.2%} (95% upper {e['hi']:.2%}, {e['k']}/{e['n']})  "
+        f"FPR {f['rate']:.2%} ({f['k']}/{f['n']})  macro F1 {s['macro_f1']:.3f}"
+    )
+    for line in s["warnings"]:
+        click.echo(f"warning: {line}")
+    click.echo(f"report: {s['html']}\nnumbers: {s['json']}")
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Dies for calibration and parity (default: the training data).",
+)
+def export(model_path, out_dir, data_dir) -> None:
+    """ONNX export, three INT8 variants, parity and gate verdicts (int8_gate.json)."""
+    from model.checkpoint import load_trained
+    from model.deploy import optimize_for_deployment
+
+    data = data_dir or load_trained(model_path)[1].data_dir
+    verdict = optimize_for_deployment(model_path, data, out_dir)
+    for name, g in verdict["gates"].items():
+        click.echo(
+            f"{name:14s} {'pass' if g['passed'] else 'FAIL'}  flips {g['flip_rate']['rate']:.2%}"
+            f"  escape {g['escape']['rate']:.2%}  FPR {g['fpr']['rate']:.2%}"
+        )
+    click.echo(f"shipped: {verdict['chosen']} -> {verdict['artifact']}")
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Real dies to time (default: random inputs of the right shape).",
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--onnx-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Reuse model.onnx / model.static_qdq.onnx / model.dynamic.onnx from export.",
+)
+@click.option("--iters", type=int, default=50, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+def bench(model_path, data_dir, out_dir, onnx_dir, iters, threads) -> None:
+    """Latency of PyTorch eager, ONNX Runtime FP32 and INT8, pre- and post-processing."""
+    from model.bench import benchmark
+
+    names = {
+        "onnx_fp32": "model.onnx",
+        "onnx_int8_static": "model.static_qdq.onnx",
+        "onnx_int8_dynamic": "model.dynamic.onnx",
+    }
+    paths = {k: Path(onnx_dir) / v for k, v in names.items()} if onnx_dir else None
+    result = benchmark(
+        model_path, data_dir, iters=iters, threads=threads, out_dir=out_dir, onnx_paths=paths
+    )
+    click.echo(result["table"])
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> Non
             "torch": torch.get_rng_state(),
             "numpy": np.random.get_state(),
             "python": random.getstate(),
-        },  # fmt: skip
+        },
     }
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)

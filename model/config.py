@@ -29,6 +29,7 @@ class ModelConfig:
     vit_dim: int = 192
     vit_depth: int = 12
     vit_heads: int = 3
+    conv_stem: bool = True  # convolutional patch embedding (False: the plain linear one)
     process_dim: int = 48
     process_tokens: str = "per_parameter"  # or "single" (one projected token, as in the seed)
     vocab_size: int = 2000  # note tokenizer vocabulary (at most 10,000)
@@ -48,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 64
     lr: float = 3e-4
+    gate_lr: float = 0.02  # the zero-initialised fusion gates would open slowly at lr
     weight_decay: float = 0.05
     stage1_epochs: int = 1
     stage2_epochs: int = 10

@@ -44,6 +44,8 @@ class ImageEncoder(nn.Module):
             class_token=False,
             global_pool="",
         )
+        if cfg.conv_stem:
+            self.vit.patch_embed.proj = conv_stem(cfg.patch_size, cfg.vit_dim)
         self.proj = nn.Linear(cfg.vit_dim, cfg.embed_dim)
         self.num_regions = (cfg.img_size // cfg.patch_size) ** 2
 
@@ -53,10 +55,29 @@ class ImageEncoder(nn.Module):
         return self.proj(x)  # B, K, D
 
 
+def conv_stem(patch_size: int, dim: int) -> nn.Sequential:
+    """Stride-2 3x3 convolutions down to one token per patch, then a 1x1 projection.
+
+    Replaces the ViT's single linear patch projection: early convolutions make a
+    transformer trained from scratch learn local defects far sooner.
+    """
+    steps = patch_size.bit_length() - 1
+    if 2**steps != patch_size:
+        raise ValueError(f"a conv stem needs a power-of-two patch size, got {patch_size}")
+    layers, c_in = [], 3
+    for i in range(steps):
+        c_out = max(16, dim >> (steps - 1 - i))
+        layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+        c_in = c_out
+    return nn.Sequential(*layers, nn.Conv2d(c_in, dim, 1))
+
+
 class ProcessEncoder(nn.Module):
     """Process-log encoder; "per_parameter" gives one token per parameter, "single" one token.
 
-    Per-parameter token i is `value_i * w_i + e_i`, or `m_i + e_i` when the cell is missing.
+    Per-parameter token i is `value_i * w_i + f(value_i) + e_i`, or `m_i + e_i` when the cell
+    is missing. The shared small MLP `f` lets a token's direction, not only its length, say how
+    far out the value is: the LayerNorm that follows would otherwise erase that magnitude.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -69,6 +90,7 @@ class ProcessEncoder(nn.Module):
             self.missing_embed = nn.Parameter(torch.zeros(P, D))
             for p in (self.value_weight, self.param_embed, self.missing_embed):
                 trunc_normal_(p, std=0.02)
+            self.value_mlp = nn.Sequential(nn.Linear(1, D), nn.GELU(), nn.Linear(D, D))
             self.norm = nn.LayerNorm(D)
             self.mixer = nn.TransformerEncoderLayer(
                 D, cfg.fusion_heads, 2 * D, cfg.dropout, "gelu", batch_first=True, norm_first=True
@@ -89,7 +111,8 @@ class ProcessEncoder(nn.Module):
         missing = torch.isnan(values) if missing is None else missing | torch.isnan(values)
         x = torch.where(missing, torch.zeros_like(values), values)  # B, P
         if self.mode == "per_parameter":
-            tokens = x.unsqueeze(-1) * self.value_weight  # B, P, D
+            v = x.unsqueeze(-1)  # B, P, 1
+            tokens = v * self.value_weight + self.value_mlp(v)  # B, P, D
             filled = self.missing_embed.expand_as(tokens)  # B, P, D
             tokens = torch.where(missing.unsqueeze(-1), filled, tokens) + self.param_embed
             tokens = self.mixer(self.norm(tokens))  # B, P, D

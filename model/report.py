@@ -32,8 +32,12 @@ def train_and_report(cfg: RunConfig, kinds=("baseline", "multimodal"), progress=
 def score(result: TrainResult, data) -> dict:
     """Test figures of a trained model at its operating point, with and without notes."""
     threshold = result.operating_point.threshold
-    out = {"seconds": round(result.seconds, 1), "best_epoch": result.best_epoch,
-           "threshold": threshold, "val_fpr": result.operating_point.val_fpr}  # fmt: skip
+    out = {
+        "seconds": round(result.seconds, 1),
+        "best_epoch": result.best_epoch,
+        "threshold": threshold,
+        "val_fpr": result.operating_point.val_fpr,
+    }
     for name, notes in (("test", True), ("test_no_notes", False)):
         pred = predict(result.model, data.datasets["test"], with_notes=notes)
         out[name] = summarize(pred["labels"], pred["probs"], threshold)

@@ -57,8 +57,15 @@ class TrainResult:
     seconds: float
 
 
-def train_model(kind: str, data: Prepared, cfg: RunConfig, folder: str | Path, resume: bool = True,
-                progress: bool = True, max_epochs: int | None = None) -> TrainResult:  # fmt: skip
+def train_model(
+    kind: str,
+    data: Prepared,
+    cfg: RunConfig,
+    folder: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    max_epochs: int | None = None,
+) -> TrainResult:
     """Train one model kind, checkpointing every epoch and resuming from the last one.
 
     Args:
@@ -80,16 +87,21 @@ def train_model(kind: str, data: Prepared, cfg: RunConfig, folder: str | Path, r
     torch.manual_seed(t.seed)
     model = build_model(cfg.model, kind).to(device)
     stages = _stage_plan(kind, t)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay
-    )
+    optimizer = torch.optim.AdamW(_param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
     steps = _steps_per_epoch(data, t)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(stages, steps))
     alpha = class_alpha(data.splits["train"].labels, cfg.model.num_classes).to(device)
-    loss_fn = MultimodalLoss(alpha, t.focal_gamma, t.lambda_contrastive, t.lambda_entropy,
-                             t.temperature)  # fmt: skip
-    state = {"epoch": 0, "history": [], "best": None, "best_epoch": -1, "stale": 0,
-             "fingerprint": _fingerprint(kind, cfg, data)}  # fmt: skip
+    loss_fn = MultimodalLoss(
+        alpha, t.focal_gamma, t.lambda_contrastive, t.lambda_entropy, t.temperature
+    )
+    state = {
+        "epoch": 0,
+        "history": [],
+        "best": None,
+        "best_epoch": -1,
+        "stale": 0,
+        "fingerprint": _fingerprint(kind, cfg, data),
+    }
     last = folder / "checkpoints" / "last.pt"
     if resume and checkpoint_fingerprint(last) == state["fingerprint"]:
         state = load_checkpoint(last, model, optimizer, scheduler)
@@ -102,7 +114,7 @@ def train_model(kind: str, data: Prepared, cfg: RunConfig, folder: str | Path, r
         state["history"].append(row)
         state["epoch"] = epoch + 1
         save_checkpoint(last, model, optimizer, scheduler, state)
-    _write_history(folder / "history.csv", state["history"])
+        _write_history(folder / "history.csv", state["history"])
     point = None
     if state["epoch"] >= len(stages) or state["stale"] >= t.patience:  # finished: keep the best
         model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
@@ -116,6 +128,17 @@ def _fingerprint(kind: str, cfg: RunConfig, data: Prepared) -> str:
     """What a checkpoint must match to be resumed: the kind, model, training and data."""
     spec = json.dumps([kind, cfg.to_dict()["model"], cfg.to_dict()["train"], data.digest])
     return hashlib.blake2b(spec.encode(), digest_size=16).hexdigest()
+
+
+def _param_groups(model: nn.Module, t) -> list[dict]:
+    """Fusion gates learn at their own rate (they start at zero) and are not decayed."""
+    gates, rest = [], []
+    for name, p in model.named_parameters():
+        (gates if name.endswith(".alpha") else rest).append(p)
+    groups = [{"params": rest}]
+    if gates:
+        groups.append({"params": gates, "lr": t.gate_lr, "weight_decay": 0.0})
+    return groups
 
 
 def _stage_plan(kind: str, t) -> list[int]:
@@ -190,20 +213,35 @@ class _Epochs:
         started = time.perf_counter()
         train = self._train(epoch, stage)
         val = self._validate()
-        return {"epoch": epoch, "stage": stage, **train, **val,
-                "lr": self.scheduler.get_last_lr()[0],
-                "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+        return {
+            "epoch": epoch,
+            "stage": stage,
+            **train,
+            **val,
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
 
     def _train(self, epoch: int, stage: int) -> dict:
         t, device = self.cfg.train, self.device
         self.model.train()
-        loader = die_loader(self.data.datasets["train"], t.batch_size, shuffle=True,
-                            seed=t.seed * 1000 + epoch, num_workers=self.cfg.data.num_workers,
-                            pin_memory=device.type == "cuda")  # fmt: skip
+        loader = die_loader(
+            self.data.datasets["train"],
+            t.batch_size,
+            shuffle=True,
+            seed=t.seed * 1000 + epoch,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=device.type == "cuda",
+        )
         gen = torch.Generator(device=device).manual_seed(t.seed * 1000 + epoch)
         total = _steps_per_epoch(self.data, t)
-        bar = tqdm(loader, total=total, desc=f"epoch {epoch} stage {stage}",
-                   disable=not self.progress, leave=False)  # fmt: skip
+        bar = tqdm(
+            loader,
+            total=total,
+            desc=f"epoch {epoch} stage {stage}",
+            disable=not self.progress,
+            leave=False,
+        )
         sums, n, waited, tick = {}, 0, 0.0, time.perf_counter()
         for step, batch in enumerate(bar):
             if step >= total:

@@ -104,8 +104,18 @@ def _write_tables(split_dir: Path, plan: pd.DataFrame, values: pd.DataFrame, not
 
 
 def _render_all(out: Path, plan: pd.DataFrame, illumination: float, workers: int) -> None:
-    cols = ["die_id", "split", "fab", "label", "wafer_zone", "die_x", "die_y", "faint",
-            "discoloration", "die_seed"]  # fmt: skip
+    cols = [
+        "die_id",
+        "split",
+        "fab",
+        "label",
+        "wafer_zone",
+        "die_x",
+        "die_y",
+        "faint",
+        "discoloration",
+        "die_seed",
+    ]
     records = plan[cols].to_dict("records")
     chunks = [records[i : i + 256] for i in range(0, len(records), 256)]
     jobs = [(str(out), chunk, illumination) for chunk in chunks]

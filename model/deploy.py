@@ -1,0 +1,124 @@
+"""The deployment pipeline of one trained model: export -> parity -> INT8 variants -> gate.
+
+Artifacts in `out_dir`: model.onnx (FP32) and model.int8.onnx (the chosen INT8 variant),
+each with `<stem>.operating_point.json` beside it (the INT8 threshold may be recalibrated),
+the three variants under their own names, and int8_gate.json with every verdict and figure.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from model.calibrate import OperatingPoint
+from model.checkpoint import load_trained
+from model.config import RunConfig
+from model.export import check_parity, export_onnx
+from model.onnx_runtime import CPU, load_session, operating_point_path, predict_session
+from model.predict import predict
+from model.prepare import Prepared, prepare
+from model.quantize import (
+    DieCalibrationReader,
+    parity_gate,
+    quantize_dynamic_int8,
+    quantize_static_qdq,
+    quantize_torch_dynamic,
+    write_gate,
+)
+
+SHIPPABLE = ("static_qdq", "dynamic")  # preference order; torch_dynamic is for comparison
+GATE_FILE = "int8_gate.json"
+
+
+def optimize_for_deployment(
+    model_path: str | Path,
+    data: str | Path | Prepared,
+    out_dir: str | Path,
+    calibration_dies: int = 512,
+    parity_dies: int = 512,
+    batch_size: int = 64,
+    **limits,
+) -> dict:
+    """Export a trained model, check it, quantize it three ways and gate the INT8 variants.
+
+    The static QDQ model ships when it passes the gate, else the dynamic one (marked failed
+    when it does not pass either).
+
+    Args:
+        model_path: a model.pt written by training.
+        data: the data folder (prepared here, statistics fitted on train) or a Prepared.
+        out_dir: where the artifacts go.
+        calibration_dies: training dies for static calibration (at least 500 in production).
+        parity_dies: test dies for the FP32 export parity check.
+        limits: max_flip_rate, max_escape, max_fpr for quantize.parity_gate.
+    Returns:
+        The verdict written to int8_gate.json: chosen, passed, artifact, parity, gates,
+        sizes (MB) and calibration_dies.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, cfg, point = load_trained(model_path)
+    data = _prepared(data, cfg, out)
+    fp32 = export_onnx(model, cfg, out / "model.onnx")
+    point.save(operating_point_path(fp32))
+    test = data.datasets["test"]
+    parity = check_parity(model, fp32, test, point.threshold, n=parity_dies)
+    reader = DieCalibrationReader(data.datasets["train"], calibration_dies)
+    variants = {
+        "static_qdq": quantize_static_qdq(fp32, out / "model.static_qdq.onnx", reader),
+        "dynamic": quantize_dynamic_int8(fp32, out / "model.dynamic.onnx"),
+        "torch_dynamic": quantize_torch_dynamic(model),
+    }
+    reference = predict(model, test, batch_size)
+    gates = {
+        name: _gate(variant, data, reference, point, batch_size, limits)
+        for name, variant in variants.items()
+    }
+    chosen = next((name for name in SHIPPABLE if gates[name]["passed"]), SHIPPABLE[-1])
+    int8 = shutil.copyfile(variants[chosen], out / "model.int8.onnx")
+    OperatingPoint(**gates[chosen]["operating_point"]).save(operating_point_path(int8))
+    verdict = {
+        "chosen": chosen,
+        "passed": gates[chosen]["passed"],
+        "artifact": str(int8),
+        "parity": parity,
+        "gates": gates,
+        "sizes_mb": {p.name: p.stat().st_size / 2**20 for p in (fp32, Path(int8))},
+        "calibration_dies": len(reader),
+    }
+    write_gate(out / GATE_FILE, verdict)
+    return verdict
+
+
+def _prepared(data: str | Path | Prepared, cfg: RunConfig, out: Path) -> Prepared:
+    if isinstance(data, Prepared):
+        return data
+    cfg = copy.deepcopy(cfg)
+    cfg.data_dir = str(data)
+    return prepare(cfg, out / "prepared")
+
+
+def _gate(variant, data: Prepared, reference: dict, point, batch_size: int, limits) -> dict:
+    """Score one INT8 variant on validation and test, and gate it against FP32."""
+    probs = {split: _probs(variant, data.datasets[split], batch_size) for split in ("val", "test")}
+    return parity_gate(
+        reference["probs"],
+        probs["test"],
+        reference["labels"],
+        probs["val"],
+        data.datasets["val"].labels.numpy(),
+        point.threshold,
+        point.escape_target,
+        **limits,
+    )
+
+
+def _probs(variant: Path | nn.Module, dataset, batch_size: int) -> np.ndarray:
+    if isinstance(variant, nn.Module):
+        return predict(variant, dataset, batch_size)["probs"]
+    session = load_session(variant, providers=[CPU])
+    return predict_session(session, dataset, batch_size=batch_size)["probs"]
