@@ -57,6 +57,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     lambda_contrastive: float = 0.1
     lambda_entropy: float = 0.01
+    lambda_process: float = 0.5  # focal loss on the process embedding alone (deep supervision)
     temperature: float = 0.1
     note_dropout: float = 0.2
     patience: int = 4
@@ -141,9 +142,14 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
+    if isinstance(default, float) and isinstance(value, str):
+        try:  # YAML reads "3e-4" (no dot) as text
+            return float(value)
+        except ValueError:
+            pass
     if (
         isinstance(default, float)
-        and isinstance(value, (int, float))
+        and isinstance(value, int | float)
         and not isinstance(value, bool)
     ):
         return float(value)

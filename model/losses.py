@@ -110,8 +110,10 @@ class MultimodalLoss(nn.Module):
         lambda_entropy: float = 0.01,
         temperature: float = 0.1,
         symmetric: bool = False,
+        lambda_process: float = 0.0,
     ) -> None:
         super().__init__()
+        self.lambda_process = lambda_process
         self.register_buffer("alpha", None if alpha is None else torch.as_tensor(alpha).float())
         self.gamma = gamma
         self.lambda_contrastive = lambda_contrastive
@@ -148,6 +150,11 @@ class MultimodalLoss(nn.Module):
             if "region_map" in aux:
                 parts["entropy"] = attention_entropy(aux["region_map"])
                 total = total + self.lambda_entropy * parts["entropy"]
+            if "process_logits" in aux and self.lambda_process:
+                parts["process"] = focal_loss(
+                    aux["process_logits"], targets, self.alpha, self.gamma
+                )
+                total = total + self.lambda_process * parts["process"]
         else:
             raise ValueError(f"unknown stage {stage}; expected 1 or 2")
         floats = {k: float(v.detach()) for k, v in parts.items()}

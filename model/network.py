@@ -56,6 +56,9 @@ class MultimodalDefectDetector(nn.Module):
         self.norm = nn.LayerNorm(D)
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(D, cfg.num_classes)
+        # Deep supervision of the process encoder: its tokens carry the defect signal before
+        # the zero-initialised gate opens, so the gate has something worth opening for.
+        self.process_head = nn.Linear(D, cfg.num_classes)
 
     def forward_features(
         self,
@@ -88,6 +91,7 @@ class MultimodalDefectDetector(nn.Module):
             "text_attention": text_attention,
             "image_embedding": self.image_proj(h_v.mean(dim=1)),
             "process_embedding": process_embedding,
+            "process_logits": self.process_head(process_embedding),
             "fused_embedding": pooled,
         }
         return pooled, aux

@@ -92,7 +92,12 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(stages, steps))
     alpha = class_alpha(data.splits["train"].labels, cfg.model.num_classes).to(device)
     loss_fn = MultimodalLoss(
-        alpha, t.focal_gamma, t.lambda_contrastive, t.lambda_entropy, t.temperature
+        alpha,
+        t.focal_gamma,
+        t.lambda_contrastive,
+        t.lambda_entropy,
+        t.temperature,
+        lambda_process=t.lambda_process,
     )
     state = {
         "epoch": 0,

@@ -37,8 +37,11 @@ def test_overrides_use_dotted_keys_and_yaml_values():
     assert cfg.train.bf16 is False
 
 
-def test_int_given_for_float_is_accepted():
+def test_int_or_exponent_without_a_dot_given_for_float_is_accepted():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    assert load_config(None, ["train.lr=3e-4"]).train.lr == 3e-4
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=fast"])
 
 
 @pytest.mark.parametrize(

@@ -116,3 +116,17 @@ def test_multimodal_loss_baseline_is_focal_only():
     assert set(parts) == {"focal", "total"}
     with pytest.raises(ValueError):
         loss(logits, targets, {"fused_embedding": torch.randn(4, 512)}, stage=1)
+
+
+def test_process_deep_supervision_adds_a_focal_term_in_stage_two_only():
+    logits, targets = torch.randn(4, 5), torch.tensor([0, 1, 2, 4])
+    aux = _aux() | {"process_logits": torch.randn(4, 5)}
+    loss = MultimodalLoss(None, 2.0, 0.1, 0.01, 0.1, lambda_process=0.5)
+    without = MultimodalLoss(None, 2.0, 0.1, 0.01, 0.1)
+    total, parts = loss(logits, targets, aux, stage=2)
+    expected = without(logits, targets, aux, stage=2)[0] + 0.5 * focal_loss(
+        aux["process_logits"], targets
+    )
+    assert total.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert "process" in parts
+    assert "process" not in loss(logits, targets, aux, stage=1)[1]

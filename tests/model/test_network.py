@@ -206,3 +206,14 @@ def test_baseline_loads_weights_and_freezes_three_stages(tmp_path):
     assert not model.net.bn1.training and model.net.layer4[0].bn1.training
     model.set_head_trainable(False)
     assert not any(p.requires_grad for p in model.net.fc.parameters())
+
+
+def test_process_logits_read_the_process_log_even_with_closed_gates():
+    torch.manual_seed(0)
+    model = MultimodalDefectDetector(cfg=_cfg()).eval()
+    images, process = torch.rand(2, 3, 32, 32), torch.randn(2, 48)
+    _, a = model(images, process)
+    _, b = model(images, process + 3.0)
+    assert model.gates() == {"process": 0.0, "note": 0.0}
+    assert a["process_logits"].shape == (2, 5)
+    assert not torch.allclose(a["process_logits"], b["process_logits"])
