@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -87,7 +88,15 @@ def load_trained(
         cfg = config_from_dict(payload["config"])
         model = build_model(cfg.model, payload["kind"])
         model.load_state_dict(payload["state_dict"])
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError) as err:
+    except (
+        OSError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        EOFError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as err:
         raise ModelFileError(f"{path} is not a usable dieguard model: {err}") from err
     model.to(device).eval()
     return model, cfg, OperatingPoint(**payload["operating_point"])

@@ -10,8 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from model.config import load_config
+from model.prepare import prepare
 from model.schema import IMAGES_DIR, NOTES_FILE
 from model.synthetic.generate import generate_dataset
+from model.train import train_model
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +26,25 @@ def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_data")
     generate_dataset(out, n=600, seed=0, workers=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_prepared(tiny_data, tmp_path_factory):
+    """The smoke config over `tiny_data` and its prepared splits (read-only: deepcopy the
+    config before changing it)."""
+    out = tmp_path_factory.mktemp("smoke")
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [f"data_dir={tiny_data}", f"out_dir={out}", f"data.cache_dir={out / 'cache'}"],
+    )
+    return cfg, prepare(cfg, out / "prepared")
+
+
+@pytest.fixture(scope="session")
+def smoke_multimodal(smoke_prepared, tmp_path_factory):
+    """A smoke multimodal model trained once per session; its model.pt is in `.folder`."""
+    cfg, data = smoke_prepared
+    return train_model("multimodal", data, cfg, tmp_path_factory.mktemp("mm"), progress=False)
 
 
 @pytest.fixture

@@ -3,30 +3,21 @@ import onnx
 import pytest
 import torch
 
-from model.config import load_config
 from model.export import check_parity, example_inputs, export_onnx
 from model.network import build_model
 from model.onnx_runtime import INPUTS, OUTPUTS, load_session, onnx_inputs, run_session
 from model.predict import model_inputs
-from model.prepare import prepare
-from model.train import train_model
 
 PROB_TOL = 1e-4  # ONNX Runtime vs PyTorch, FP32 on the CPU: max abs probability difference
 LOGIT_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_data, tmp_path_factory):
-    """A smoke multimodal model trained on tiny data, exported once with the default exporter."""
-    out = tmp_path_factory.mktemp("export")
-    cfg = load_config(
-        "configs/smoke.yaml",
-        [f"data_dir={tiny_data}", f"out_dir={out}", f"data.cache_dir={out / 'cache'}"],
-    )
-    data = prepare(cfg, out / "prepared")
-    result = train_model("multimodal", data, cfg, out / "multimodal", progress=False)
-    path = export_onnx(result.model, cfg, out / "model.onnx")
-    return cfg, data.datasets["test"], result, path
+def exported(smoke_prepared, smoke_multimodal, tmp_path_factory):
+    """The session's smoke multimodal model, exported once with the default exporter."""
+    cfg, data = smoke_prepared
+    path = export_onnx(smoke_multimodal.model, cfg, tmp_path_factory.mktemp("export") / "m.onnx")
+    return cfg, data.datasets["test"], smoke_multimodal, path
 
 
 def test_onnx_matches_pytorch_on_real_dies_with_and_without_notes(exported):

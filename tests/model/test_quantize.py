@@ -7,35 +7,27 @@ import torch
 from torch import nn
 
 from model.calibrate import OperatingPoint, choose_threshold
-from model.config import load_config
 from model.deploy import GATE_FILE, SHIPPABLE, optimize_for_deployment
 from model.metrics import decide
 from model.onnx_runtime import load_session, operating_point_path, predict_session
 from model.predict import predict
-from model.prepare import prepare
 from model.quantize import (
     DieCalibrationReader,
     parity_gate,
     quantize_torch_dynamic,
     write_gate,
 )
-from model.train import train_model
 
 FLOAT_OPS = ("LayerNormalization", "Softmax", "Add")
 
 
 @pytest.fixture(scope="module")
-def deployed(tiny_data, tmp_path_factory):
-    """A smoke multimodal model trained on tiny data and taken through the whole pipeline."""
+def deployed(smoke_prepared, smoke_multimodal, tmp_path_factory):
+    """The session's smoke multimodal model taken through the whole deployment pipeline."""
+    _, data = smoke_prepared
     out = tmp_path_factory.mktemp("quantize")
-    cfg = load_config(
-        "configs/smoke.yaml",
-        [f"data_dir={tiny_data}", f"out_dir={out}", f"data.cache_dir={out / 'cache'}"],
-    )
-    data = prepare(cfg, out / "prepared")
-    result = train_model("multimodal", data, cfg, out / "multimodal", progress=False)
-    verdict = optimize_for_deployment(out / "multimodal" / "model.pt", data, out / "deploy")
-    return data, result, verdict, out / "deploy"
+    verdict = optimize_for_deployment(smoke_multimodal.folder / "model.pt", data, out / "deploy")
+    return data, smoke_multimodal, verdict, out / "deploy"
 
 
 def test_the_pipeline_leaves_both_models_with_their_thresholds_and_the_verdict(deployed):
