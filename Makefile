@@ -22,10 +22,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-$(DATA)/test/labels.csv: | $(STAMP)
+$(DATA)/synth_truth.csv: | $(STAMP)
 	$(BIN)/dieguard synth --out $(DATA) --n 16000 --val-n 4000 --test-n 4000 --seed 0 --audit $(DATA)
 
-data: $(DATA)/test/labels.csv
+data: $(DATA)/synth_truth.csv
 
 eda: data
 	$(BIN)/dieguard explore $(DATA) --out runs/eda

@@ -25,7 +25,9 @@ def train_and_report(cfg: RunConfig, kinds=("baseline", "multimodal"), progress=
         result = train_model(kind, data, cfg, run / kind, progress=progress)
         summary[kind] = score(result, data)
         print(format_line(kind, summary[kind]))
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    path = run / "summary.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}  # kinds trained before
+    path.write_text(json.dumps(earlier | summary, indent=2))
     return summary
 
 
