@@ -9,6 +9,14 @@ from pathlib import Path
 
 import click
 
+MODEL = click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
+OUT = click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+
+
+def data_dir_option(help_text: str):
+    """The --data-dir option shared by the commands that read a data set."""
+    return click.option("--data-dir", type=click.Path(exists=True, file_okay=False), help=help_text)
+
 
 @click.group()
 def main() -> None:
@@ -81,13 +89,9 @@ def train(config_path, kind, overrides) -> None:
 
 
 @main.command()
-@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option(
-    "--data-dir",
-    type=click.Path(exists=True, file_okay=False),
-    help="Data set to evaluate on (default: the one the model was trained on).",
-)
+@MODEL
+@OUT
+@data_dir_option("Data set to evaluate on (default: the one the model was trained on).")
 @click.option(
     "--baseline",
     "baseline_path",
@@ -119,13 +123,9 @@ def evaluate(model_path, out_dir, data_dir, baseline_path, split, device) -> Non
 
 
 @main.command()
-@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option(
-    "--data-dir",
-    type=click.Path(exists=True, file_okay=False),
-    help="Dies for calibration and parity (default: the training data).",
-)
+@MODEL
+@OUT
+@data_dir_option("Dies for calibration and parity (default: the training data).")
 def export(model_path, out_dir, data_dir) -> None:
     """ONNX export, three INT8 variants, parity and gate verdicts (int8_gate.json)."""
     from model.checkpoint import load_trained
@@ -142,12 +142,8 @@ def export(model_path, out_dir, data_dir) -> None:
 
 
 @main.command()
-@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--data-dir",
-    type=click.Path(exists=True, file_okay=False),
-    help="Real dies to time (default: random inputs of the right shape).",
-)
+@MODEL
+@data_dir_option("Real dies to time (default: random inputs of the right shape).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False))
 @click.option(
     "--onnx-dir",
