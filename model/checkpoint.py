@@ -20,7 +20,8 @@ class ModelFileError(ValueError):
     """A model file is unreadable, or does not match what it claims to be."""
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP or torch.compile wrapper."""
     return getattr(model, "module", getattr(model, "_orig_mod", model))
 
 
@@ -28,7 +29,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> Non
     """Write the whole training state atomically (model, optimizer, schedule, RNGs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "model": _unwrap(model).state_dict(),
+        "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "state": state,
@@ -53,7 +54,7 @@ def checkpoint_fingerprint(path: Path) -> str | None:
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore a training state saved by save_checkpoint; returns the loop state."""
     payload = torch.load(path, weights_only=False, map_location="cpu")
-    _unwrap(model).load_state_dict(payload["model"])
+    unwrap(model).load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"]["torch"])
@@ -69,7 +70,7 @@ def save_trained(path: Path, model: nn.Module, kind: str, cfg: RunConfig, point:
             "kind": kind,
             "config": cfg.to_dict(),
             "operating_point": asdict(point),
-            "state_dict": _unwrap(model).state_dict(),
+            "state_dict": unwrap(model).state_dict(),
         },
         path,
     )

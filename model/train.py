@@ -32,6 +32,7 @@ from model.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     save_trained,
+    unwrap,
 )
 from model.config import RunConfig, load_config
 from model.data import augment_batch
@@ -189,13 +190,9 @@ def _track_best(state: dict, row: dict, model: nn.Module, folder: Path) -> None:
         }
         state["best_epoch"], state["stale"] = row["epoch"], 0
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(_unwrap(model).state_dict(), folder / "best.pt")
+        torch.save(unwrap(model).state_dict(), folder / "best.pt")
     else:
         state["stale"] += 1
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", getattr(model, "_orig_mod", model))
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -214,7 +211,7 @@ class _Epochs:
     def run(self, epoch: int, stage: int) -> dict:
         t = self.cfg.train
         torch.manual_seed(t.seed * 1000 + epoch)  # dropout, augmentation: reproducible on resume
-        _unwrap(self.model).set_head_trainable(stage == 2)
+        unwrap(self.model).set_head_trainable(stage == 2)
         started = time.perf_counter()
         train = self._train(epoch, stage)
         val = self._validate()
@@ -283,7 +280,7 @@ class _Epochs:
 
     def _validate(self) -> dict:
         t = self.cfg.train
-        out = predict(_unwrap(self.model), self.data.datasets["val"], batch_size=2 * t.batch_size)
+        out = predict(unwrap(self.model), self.data.datasets["val"], batch_size=2 * t.batch_size)
         probs, labels = out["probs"], out["labels"]
         point = choose_threshold(probs, labels, t.escape_target)
         y_pred = decide(probs, point.threshold)
