@@ -170,3 +170,73 @@ def bench(model_path, data_dir, out_dir, onnx_dir, iters, threads) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+TRACKING = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="MLflow store (default: mlruns/mlflow.db here; env MLFLOW_TRACKING_URI).",
+)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--config", "config_path", default="configs/cpu.yaml", show_default=True)
+@click.option("--model-name", default="dieguard", show_default=True)
+@TRACKING
+@click.option("--auto-approve", is_flag=True, help="Approve without asking (recorded as such).")
+@click.argument("overrides", nargs=-1)
+def retrain(config_path, model_name, tracking_uri, auto_approve, overrides) -> None:
+    """Run the weekly retrain flow once, here; print its reports and the champion's audit.
+
+    Exits 2 when the release gates refused the candidate (the champion stays).
+    """
+    from flows.retrain import GateFailedError
+    from flows.retrain import retrain as retrain_flow
+    from registry import audit, champion, format_audit, open_store
+
+    started = time.perf_counter()
+    refused = None
+    try:
+        result = retrain_flow(
+            config_path,
+            list(overrides),
+            model_name=model_name,
+            tracking_uri=tracking_uri,
+            auto_approve=auto_approve,
+        )
+    except GateFailedError as error:
+        refused, result = error, {}
+    minutes = (time.perf_counter() - started) / 60
+    click.echo(f"\nretrain finished in {minutes:.1f} min")
+    if refused:
+        from model.config import load_config
+
+        cfg = load_config(config_path, list(overrides))
+        click.echo(f"the candidate was NOT registered: {refused}")
+        click.echo(f"  reports and verdicts under {Path(cfg.out_dir) / cfg.name}")
+    else:
+        click.echo(f"version {result['version']} approved: {result['approved']}")
+    for name, path in result.get("reports", {}).items():
+        click.echo(f"  {name:12s} {path}")
+    click.echo("  runs, registry and approvals in the UIs: make ui")
+    client = open_store(tracking_uri).client
+    current = champion(client, model_name)
+    if current is not None:
+        click.echo("\n" + format_audit(audit(client, model_name, current.version)))
+    if refused:
+        raise SystemExit(2)
+
+
+@main.command(name="audit")
+@click.argument("model_name")
+@click.argument("version")
+@TRACKING
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def audit_command(model_name, version, tracking_uri, as_json) -> None:
+    """The lineage of one model version (a number or an alias such as champion)."""
+    from registry import audit, format_audit, open_store, resolve
+
+    client = open_store(tracking_uri).client
+    record = audit(client, model_name, resolve(client, model_name, version).version)
+    click.echo(json.dumps(record, indent=2) if as_json else format_audit(record))

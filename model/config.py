@@ -30,6 +30,8 @@ class ModelConfig:
     vit_depth: int = 12
     vit_heads: int = 3
     conv_stem: bool = True  # convolutional patch embedding (False: the plain linear one)
+    golden_reference: bool = False  # add each die's difference from its fab's golden die
+    reference_shift: int = 3  # pixels of misalignment the golden-die match searches
     process_dim: int = 48
     process_tokens: str = "per_parameter"  # or "single" (one projected token, as in the seed)
     vocab_size: int = 2000  # note tokenizer vocabulary (at most 10,000)
@@ -58,6 +60,7 @@ class TrainConfig:
     lambda_contrastive: float = 0.1
     lambda_entropy: float = 0.01
     lambda_process: float = 0.5  # focal loss on the process embedding alone (deep supervision)
+    lambda_image: float = 0.5  # focal loss on the image tokens alone (deep supervision)
     temperature: float = 0.1
     note_dropout: float = 0.2
     patience: int = 4
@@ -70,6 +73,17 @@ class TrainConfig:
 
 
 @dataclass
+class GateConfig:
+    """The release gates a candidate must pass before it is registered (rates on test)."""
+
+    max_escape: float = 0.01  # defect escape rate, strictly below
+    max_fpr: float = 0.15  # false-positive rate, strictly below
+    max_flip_rate: float = 0.005  # INT8 vs FP32 decisions that differ, at most
+    champion_escape_margin: float = 0.0  # may exceed the champion's escape rate by this
+    champion_fpr_margin: float = 0.0  # may exceed the champion's FPR by this
+
+
+@dataclass
 class RunConfig:
     """Everything one training run needs; logged whole with the run."""
 
@@ -79,6 +93,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gates: GateConfig = field(default_factory=GateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (for YAML, JSON and MLflow params)."""

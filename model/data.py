@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import torch
 from model.cache import cached_images, split_digest
 from model.contract import read_split
 from model.schema import parameter_names
+
+MAX_SHIFT = 4  # pixels of misalignment added by augmentation
 
 
 @dataclass
@@ -130,14 +131,20 @@ def load_multimodal_dataset(
     return images, torch.from_numpy(part.process), list(part.notes), torch.from_numpy(part.labels)
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random flips, rotation within 15 degrees and brightness/contrast jitter, batched.
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator | None = None, turns: bool = True
+) -> torch.Tensor:
+    """Random flips, quarter turns, small shifts and brightness/contrast jitter, batched.
 
+    The station aligns every die, so the geometry stays on the pixel grid: the symmetries
+    of a square and shifts of a few pixels (what misalignment does), no resampling.
     Runs on whichever device `images` is on (the generator must be on that device too).
 
     Args:
         images: (B, 3, H, W), uint8 or float in [0, 1].
         generator: random stream for reproducible augmentation.
+        turns: flips and quarter turns; False keeps the layout's orientation (a model that
+            compares with a golden die sees dies as the station does) and shifts by 1 px.
     Returns:
         float (B, 3, H, W) in [0, 1].
     """
@@ -147,16 +154,25 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(B, device=x.device, generator=generator)
 
-    hflip, vflip = uniform(0, 1) < 0.5, uniform(0, 1) < 0.5
-    x = torch.where(hflip[:, None, None, None], x.flip(3), x)
-    x = torch.where(vflip[:, None, None, None], x.flip(2), x)
-    angle = uniform(-15, 15) * math.pi / 180
-    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    x = torch.nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+    if turns:
+        hflip, transpose = uniform(0, 1) < 0.5, uniform(0, 1) < 0.5
+        x = torch.where(hflip[:, None, None, None], x.flip(3), x)
+        x = torch.where(transpose[:, None, None, None], x.transpose(2, 3), x)  # with flips: turns
+        x = torch.where((uniform(0, 1) < 0.5)[:, None, None, None], x.flip(2), x)
+    shift = MAX_SHIFT if turns else 1
+    dy, dx = (uniform(-shift, shift + 1).floor().long() for _ in range(2))
+    x = _shift(x, dy, dx)
     brightness, contrast = uniform(0.85, 1.15), uniform(0.85, 1.15)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast[:, None, None, None] + mean
     x = x * brightness[:, None, None, None]
     return x.clamp(0.0, 1.0)
+
+
+def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Shift each image by its own (dy, dx) whole pixels, wrapping around (B, C, H, W)."""
+    B, C, H, W = x.shape
+    rows = (torch.arange(H, device=x.device) - dy[:, None]) % H  # B, H
+    cols = (torch.arange(W, device=x.device) - dx[:, None]) % W  # B, W
+    x = x.gather(2, rows[:, None, :, None].expand(B, C, H, W))
+    return x.gather(3, cols[:, None, None, :].expand(B, C, H, W))

@@ -11,6 +11,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from model.config import ModelConfig
+from model.reference import GoldenReference
+from model.schema import FABS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,9 +36,15 @@ class ImageEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.normalize = ImageNormalize()
+        self.reference = None
+        channels = 3
+        if cfg.golden_reference:
+            self.reference = GoldenReference(len(FABS), cfg.img_size, cfg.reference_shift)
+            channels = 6  # the standardised image and its difference from the golden die
         self.vit = VisionTransformer(
             img_size=cfg.img_size,
             patch_size=cfg.patch_size,
+            in_chans=channels,
             embed_dim=cfg.vit_dim,
             depth=cfg.vit_depth,
             num_heads=cfg.vit_heads,
@@ -45,17 +53,18 @@ class ImageEncoder(nn.Module):
             global_pool="",
         )
         if cfg.conv_stem:
-            self.vit.patch_embed.proj = conv_stem(cfg.patch_size, cfg.vit_dim)
+            self.vit.patch_embed.proj = conv_stem(cfg.patch_size, cfg.vit_dim, channels)
         self.proj = nn.Linear(cfg.vit_dim, cfg.embed_dim)
         self.num_regions = (cfg.img_size // cfg.patch_size) ** 2
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images (B, 3, H, W) in [0, 1]. Returns: visual tokens (B, K, D)."""
-        x = self.vit.forward_features(self.normalize(images))  # B, K, vit_dim
+        x = self.normalize(images) if self.reference is None else self.reference(images)
+        x = self.vit.forward_features(x)  # B, K, vit_dim
         return self.proj(x)  # B, K, D
 
 
-def conv_stem(patch_size: int, dim: int) -> nn.Sequential:
+def conv_stem(patch_size: int, dim: int, in_chans: int = 3) -> nn.Sequential:
     """Stride-2 3x3 convolutions down to one token per patch, then a 1x1 projection.
 
     Replaces the ViT's single linear patch projection: early convolutions make a
@@ -64,7 +73,7 @@ def conv_stem(patch_size: int, dim: int) -> nn.Sequential:
     steps = patch_size.bit_length() - 1
     if 2**steps != patch_size:
         raise ValueError(f"a conv stem needs a power-of-two patch size, got {patch_size}")
-    layers, c_in = [], 3
+    layers, c_in = [], in_chans
     for i in range(steps):
         c_out = max(16, dim >> (steps - 1 - i))
         layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]

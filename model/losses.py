@@ -111,9 +111,10 @@ class MultimodalLoss(nn.Module):
         temperature: float = 0.1,
         symmetric: bool = False,
         lambda_process: float = 0.0,
+        lambda_image: float = 0.0,
     ) -> None:
         super().__init__()
-        self.lambda_process = lambda_process
+        self.deep_supervision = {"process": lambda_process, "image": lambda_image}
         self.register_buffer("alpha", None if alpha is None else torch.as_tensor(alpha).float())
         self.gamma = gamma
         self.lambda_contrastive = lambda_contrastive
@@ -150,11 +151,10 @@ class MultimodalLoss(nn.Module):
             if "region_map" in aux:
                 parts["entropy"] = attention_entropy(aux["region_map"])
                 total = total + self.lambda_entropy * parts["entropy"]
-            if "process_logits" in aux and self.lambda_process:
-                parts["process"] = focal_loss(
-                    aux["process_logits"], targets, self.alpha, self.gamma
-                )
-                total = total + self.lambda_process * parts["process"]
+            for name, weight in self.deep_supervision.items():  # one modality's own head
+                if f"{name}_logits" in aux and weight:
+                    parts[name] = focal_loss(aux[f"{name}_logits"], targets, self.alpha, self.gamma)
+                    total = total + weight * parts[name]
         else:
             raise ValueError(f"unknown stage {stage}; expected 1 or 2")
         floats = {k: float(v.detach()) for k, v in parts.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.encoders import ImageEncoder, ImageNormalize, NoteEncoder, ProcessEncoder
 from model.fusion import AttentionPool, GatedCrossAttention
+from model.schema import FABS, GOOD
 
 BASELINE_FROZEN = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
@@ -59,6 +61,9 @@ class MultimodalDefectDetector(nn.Module):
         # Deep supervision of the process encoder: its tokens carry the defect signal before
         # the zero-initialised gate opens, so the gate has something worth opening for.
         self.process_head = nn.Linear(D, cfg.num_classes)
+        # The same for the image alone: a die without a note must be judged on what it shows.
+        self.image_pool = AttentionPool(D)
+        self.image_head = nn.Linear(D, cfg.num_classes)
 
     def forward_features(
         self,
@@ -92,9 +97,27 @@ class MultimodalDefectDetector(nn.Module):
             "image_embedding": self.image_proj(h_v.mean(dim=1)),
             "process_embedding": process_embedding,
             "process_logits": self.process_head(process_embedding),
+            "image_logits": self.image_head(self.image_pool(h_v)[0]),
             "fused_embedding": pooled,
         }
         return pooled, aux
+
+    @property
+    def keeps_orientation(self) -> bool:
+        """True when images are compared with golden dies: no flips or turns in training."""
+        return self.image_encoder.reference is not None
+
+    def fit_reference(self, images, fabs, labels) -> None:
+        """Fit the golden dies from good training dies (no-op without golden_reference).
+
+        Args: images uint8 (N, H, W, 3); fabs (N,) fab names; labels (N,) classes.
+        """
+        if self.image_encoder.reference is None:
+            return
+        index = {fab: i for i, fab in enumerate(FABS)}
+        groups = np.array([index.get(f, -1) for f in fabs])
+        groups[np.asarray(labels) != GOOD] = -1
+        self.image_encoder.reference.fit(images, groups)
 
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Args: pooled (B, D). Returns: logits (B, num_classes)."""

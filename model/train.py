@@ -87,6 +87,9 @@ def train_model(
             torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     model = build_model(cfg.model, kind).to(device)
+    if hasattr(model, "fit_reference"):
+        train = data.splits["train"]
+        model.fit_reference(train.images, train.metadata["fab"].to_numpy(), train.labels)
     stages = _stage_plan(kind, t)
     optimizer = torch.optim.AdamW(_param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
     steps = _steps_per_epoch(data, t)
@@ -99,6 +102,7 @@ def train_model(
         t.lambda_entropy,
         t.temperature,
         lambda_process=t.lambda_process,
+        lambda_image=t.lambda_image,
     )
     state = {
         "epoch": 0,
@@ -207,6 +211,7 @@ class _Epochs:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.data, self.cfg, self.device, self.progress = data, cfg, device, progress
         self.autocast = device.type == "cuda" and cfg.train.bf16
+        self.turns = not getattr(unwrap(model), "keeps_orientation", False)
 
     def run(self, epoch: int, stage: int) -> dict:
         t = self.cfg.train
@@ -262,7 +267,7 @@ class _Epochs:
 
     def _step(self, batch: dict, stage: int, gen: torch.Generator) -> dict:
         inputs = model_inputs(batch, self.device)
-        inputs["images"] = augment_batch(inputs["images"], gen)
+        inputs["images"] = augment_batch(inputs["images"], gen, turns=self.turns)
         B = inputs["images"].shape[0]  # batch size
         drop = torch.rand(B, device=self.device, generator=gen) < self.cfg.train.note_dropout
         inputs["note_mask"] = inputs["note_mask"] & ~drop[:, None]

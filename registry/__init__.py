@@ -1,1 +1,41 @@
-"""The only module that talks to MLflow: logging, registration, aliases, lineage and audit."""
+"""The only module that talks to MLflow: logging, registration, aliases, lineage and audit.
+
+Pure functions over an explicit store or client; importing this package touches nothing.
+"""
+
+from registry.aliases import CHALLENGER, CHAMPION, PREVIOUS, champion, resolve
+from registry.audit import audit
+from registry.audit_text import format_audit
+from registry.bundle import BundleError, download_bundle
+from registry.bundle_run import log_bundle
+from registry.datasets import Split
+from registry.events import record_event
+from registry.lifecycle import ChampionChange, RollbackError, promote, rollback
+from registry.store import Store, open_store
+from registry.training import TrainingRecord, log_training
+from registry.versions import record_approval, register
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "PREVIOUS",
+    "BundleError",
+    "ChampionChange",
+    "RollbackError",
+    "Split",
+    "Store",
+    "TrainingRecord",
+    "audit",
+    "champion",
+    "download_bundle",
+    "format_audit",
+    "log_bundle",
+    "log_training",
+    "open_store",
+    "promote",
+    "record_approval",
+    "record_event",
+    "register",
+    "resolve",
+    "rollback",
+]

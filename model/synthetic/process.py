@@ -58,7 +58,9 @@ def draw_process_logs(plan: pd.DataFrame, seed: int, shift: dict[str, float] | N
     z[rng.random((n, p)) < DROPOUT] = np.nan
     nominal = np.array([q.nominal for q in process_parameters()])
     sigma = np.array([q.sigma for q in process_parameters()])
-    values = pd.DataFrame(np.round(nominal + sigma * z, 5), columns=names)
+    raw = nominal + sigma * z
+    raw = np.where(nominal > 0, np.maximum(raw, 0.0), raw)  # counts, rates, pressures: never < 0
+    values = pd.DataFrame(np.round(raw, 5), columns=names)
     values.insert(0, "die_id", plan["die_id"].to_numpy())
     return values, pd.Series(causes, index=plan.index, name="process_cause")
 

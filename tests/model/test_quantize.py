@@ -8,7 +8,6 @@ from torch import nn
 
 from model.calibrate import OperatingPoint, choose_threshold
 from model.deploy import GATE_FILE, SHIPPABLE, optimize_for_deployment
-from model.metrics import decide
 from model.onnx_runtime import load_session, operating_point_path, predict_session
 from model.predict import predict
 from model.quantize import (
@@ -47,18 +46,17 @@ def test_the_pipeline_leaves_both_models_with_their_thresholds_and_the_verdict(d
     assert verdict["sizes_mb"]["model.int8.onnx"] < verdict["sizes_mb"]["model.onnx"]
 
 
-def _agreement(result, data, probs) -> float:
-    reference = predict(result.model, data.datasets["test"])["probs"]
-    t = result.operating_point.threshold
-    return float((decide(reference, t) == decide(probs, t)).mean())
+INT8_PROB_TOL = 0.05  # INT8 vs FP32 probabilities; the barely trained smoke model sits so
+# close to its threshold (and to uniform) that decision agreement would test noise
 
 
 @pytest.mark.parametrize("name", ["static_qdq", "dynamic"])
-def test_int8_models_load_run_and_agree_with_fp32_on_most_dies(deployed, name):
+def test_int8_models_load_run_and_stay_close_to_fp32(deployed, name):
     data, result, _, folder = deployed
     session = load_session(folder / f"model.{name}.onnx")
     probs = predict_session(session, data.datasets["test"])["probs"]
-    assert _agreement(result, data, probs) >= 0.8  # loose: the smoke model is barely trained
+    reference = predict(result.model, data.datasets["test"])["probs"]
+    assert np.abs(probs - reference).max() < INT8_PROB_TOL
 
 
 def test_static_int8_keeps_norms_softmax_and_residual_adds_in_float(deployed):
@@ -81,7 +79,8 @@ def test_torch_dynamic_int8_runs_in_pytorch_and_leaves_the_model_alone(deployed)
     assert any(type(m) is nn.Linear for m in result.model.modules())
     probs = predict(quantized, data.datasets["test"])["probs"]
     assert np.isfinite(probs).all()
-    assert _agreement(result, data, probs) >= 0.8
+    reference = predict(result.model, data.datasets["test"])["probs"]
+    assert np.abs(probs - reference).max() < INT8_PROB_TOL
 
 
 def test_the_calibration_reader_feeds_each_sampled_die_once(deployed):

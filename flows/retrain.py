@@ -1,0 +1,132 @@
+"""The weekly retrain: validate, prepare, train, evaluate, gate, register, approve, promote.
+
+Run it once: `python -m flows.retrain --config configs/cpu.yaml --auto-approve`; on a schedule:
+the `weekly-retrain` deployment in prefect.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.approval import automatic_approval, request_approval
+from model.config import load_config
+from model.gates import failed_checks
+from tasks.data import explore, validate_data
+from tasks.registry import (
+    current_champion,
+    install_first_champion,
+    log_run,
+    promote_version,
+    record_decision,
+    register_candidate,
+)
+from tasks.release import export_baseline, judge, optimize, score_champion
+from tasks.reports import publish_figures, publish_gates, publish_report
+from tasks.training import evaluate, prepare_data, train
+
+WEEK_S = 7 * 24 * 3600
+
+
+class GateFailedError(RuntimeError):
+    """The candidate failed a release gate: nothing was registered or aliased."""
+
+
+@flow(name="weekly-retrain", log_prints=True)
+def retrain(
+    config: str = "configs/cpu.yaml",
+    overrides: list[str] | None = None,
+    model_name: str = "dieguard",
+    tracking_uri: str | None = None,
+    auto_approve: bool = False,
+    approval_timeout_s: int = WEEK_S,
+) -> dict:
+    """Train a candidate on the configured data set and, when it earns it, make it champion.
+
+    Args:
+        config: the run's YAML config; overrides: `key=value` changes to it.
+        model_name: the registered model in MLflow.
+        tracking_uri: the MLflow store (default: a SQLite file under mlruns/).
+        auto_approve: approve without asking (demo and tests); recorded as automatic.
+        approval_timeout_s: how long the paused run waits for a decision.
+    """
+    log = get_run_logger()
+    cfg = load_config(config, overrides)
+    run = Path(cfg.out_dir) / cfg.name
+    validation = validate_data(cfg.data_dir, run / "validation")
+    publish_report(validation["docs_index"], "data-docs", "Great Expectations Data Docs")
+    eda = explore(cfg.data_dir, run / "eda")
+    publish_report(eda, "eda", "Exploratory data analysis of the training split")
+    data = prepare_data(cfg, run / "prepared")
+
+    baseline = train("baseline", data, cfg, run / "baseline")
+    candidate = train("multimodal", data, cfg, run / "multimodal")
+    report = evaluate(candidate["model_path"], run / "evaluation", baseline["model_path"])
+    publish_report(report["html"], "evaluation-report", "Evaluation, errors and fairness")
+    deployment = optimize(candidate["model_path"], data, run / "deploy", cfg.gates)
+
+    champion = current_champion(model_name, tracking_uri, run / "champion")
+    if champion is None:  # the first run: the existing CNN becomes the champion to beat
+        bundle = export_baseline(baseline["model_path"], data.folder, run / "baseline_bundle")
+        champion = install_first_champion(
+            model_name, tracking_uri, cfg, bundle, baseline, validation, data
+        )
+    champion_figures = score_champion(champion["bundle"], cfg)
+    verdict = judge(candidate["test"], deployment, cfg.gates, champion_figures, run)
+    publish_figures({"candidate": candidate, "vision-only baseline": baseline})
+    publish_gates(verdict)
+    reports = {"data_docs": validation["docs_index"], "eda": eda, "evaluation": report["html"]}
+    logged = {name: str(Path(path).parent) for name, path in reports.items()}
+    training = log_run(
+        tracking_uri, model_name, cfg, data, {"baseline": baseline, "multimodal": candidate},
+        deployment, logged | {"release_gates": verdict["path"]},
+    )  # fmt: skip
+    if not verdict["passed"]:
+        raise GateFailedError("release gates failed: " + "; ".join(failed_checks(verdict)))
+    version = register_candidate(
+        model_name, tracking_uri, training, data, validation, candidate, verdict, champion,
+        champion_figures,
+    )  # fmt: skip
+
+    # Shadow mode beside the champion (flows/rollout.py) takes its place here.
+    if auto_approve:
+        decision = automatic_approval()
+    else:
+        decision = request_approval(
+            approval_summary(model_name, version, candidate, verdict, report), approval_timeout_s
+        )
+    record_decision(model_name, tracking_uri, version, decision.to_dict())
+    outcome = {"version": version, "approved": decision.approved, "reports": reports}
+    if not decision.approved:
+        log.warning("version %s rejected by %s: %s", version, decision.approver, decision.reason)
+        return outcome | {"champion": champion["version"]}
+    promote_version(model_name, tracking_uri, version, f"approved by {decision.approver}")
+    return outcome | {"champion": version}
+
+
+def approval_summary(model_name: str, version: str, candidate: dict, verdict: dict, report) -> str:
+    """The markdown shown above the approval form."""
+    t = candidate["test"]
+    lines = [
+        f"## Approve {model_name} version {version}?",
+        f"- test escape rate {t['escape']['rate']:.2%} (95% upper {t['escape']['hi']:.2%}),"
+        f" FPR {t['fpr']['rate']:.2%}, macro F1 {t['macro_f1']:.3f}",
+        f"- release gates: {'all passed' if verdict['passed'] else 'FAILED'}",
+        f"- evaluation report (errors, fairness): `{report['html']}`",
+        "Tick every checklist item and give your name to approve; anything less rejects.",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the retrain flow once.")
+    parser.add_argument("--config", default="configs/cpu.yaml")
+    parser.add_argument("--auto-approve", action="store_true")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    retrain(args.config, args.overrides, tracking_uri=args.tracking_uri,
+            auto_approve=args.auto_approve)  # fmt: skip

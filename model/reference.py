@@ -1,0 +1,83 @@
+"""Die-to-reference comparison: each image beside its difference from a golden die.
+
+Every fab makes one product, so every good die of a fab shows the same layout up to a
+shift of a few pixels, the light and the optics. Inspection tools compare each die with a
+golden (reference) die; so does this module: one template per fab, fitted as the median of
+aligned, standardised good training dies. At run time each image is standardised, matched
+against every template at every shift (one correlation), and the best-aligned template is
+subtracted. A particle, a scratch or a broken line stands out of the flat residual where it
+hides in the busy layout. The module is part of the network (templates are buffers), so the
+exported model does the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-3
+
+
+class GoldenReference(nn.Module):
+    """Maps images (B, 3, H, W) in [0, 1] to (B, 6, H, W): standardised image and residual."""
+
+    def __init__(self, num_templates: int, img_size: int, max_shift: int = 2) -> None:
+        super().__init__()
+        self.max_shift = max_shift
+        self.register_buffer("templates", torch.zeros(num_templates, 3, img_size, img_size))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = standardize(images)
+        s, n = self.max_shift, 2 * self.max_shift + 1
+        B, C, H, W = x.shape
+        crop = x[:, :, s : H - s, s : W - s]  # B, 3, H', W'
+        scores = F.conv2d(self.templates, crop)  # K, B, n, n: every template at every shift
+        best = scores.permute(1, 0, 2, 3).flatten(1).argmax(dim=1)  # B
+        k, dy, dx = best // (n * n), best // n % n, best % n
+        template = self.templates.index_select(0, k)  # B, 3, H, W
+        rows = (dy[:, None] + torch.arange(H - 2 * s, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(W - 2 * s, device=x.device))[:, None, None, :]
+        window = template.gather(2, rows.expand(B, C, H - 2 * s, W))
+        window = window.gather(3, cols.expand(B, C, H - 2 * s, W - 2 * s))  # B, 3, H', W'
+        return torch.cat([x, F.pad(crop - window, (s, s, s, s))], dim=1)
+
+    @torch.no_grad()
+    def fit(self, images: np.ndarray, groups: np.ndarray, per_group: int = 200, rounds: int = 2):
+        """Fit one template per group (fab) from good dies.
+
+        Args:
+            images: uint8 (N, H, W, 3) good dies (a memory map is fine).
+            groups: (N,) template index of each die, in [0, num_templates); -1 to skip.
+            per_group: dies per template (the median of this many).
+            rounds: align-to-template-and-refit rounds after the first, unaligned median.
+        """
+        for k in range(self.templates.shape[0]):
+            rows = np.flatnonzero(groups == k)[:per_group]
+            if len(rows) == 0:
+                continue
+            x = standardize(torch.from_numpy(np.asarray(images[rows])).permute(0, 3, 1, 2))
+            template = x.median(dim=0).values
+            for _ in range(rounds):
+                template = self._aligned(x, template).median(dim=0).values
+            self.templates[k] = template.to(self.templates.device)
+
+    def _aligned(self, x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+        """Each image shifted (wrapping) onto the template's grid."""
+        s, n = self.max_shift, 2 * self.max_shift + 1
+        H, W = x.shape[-2:]
+        scores = F.conv2d(template[None], x[:, :, s : H - s, s : W - s])[0]  # B, n, n
+        best = scores.flatten(1).argmax(dim=1)
+        dy, dx = (best // n - s).tolist(), (best % n - s).tolist()
+        return torch.stack(
+            [img.roll((a, b), dims=(1, 2)) for img, a, b in zip(x, dy, dx, strict=True)]
+        )
+
+
+def standardize(images: torch.Tensor) -> torch.Tensor:
+    """Per image and channel: zero mean, unit deviation (light and colour drop out)."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True)
+    return (x - mean) / (std + EPS)

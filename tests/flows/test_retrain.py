@@ -1,0 +1,193 @@
+"""The retrain flow end to end on the smoke config: real Prefect, real MLflow (SQLite), real GX."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+from prefect.testing.utilities import prefect_test_harness
+
+from expectations.validate import DataValidationError
+from flows.retrain import GateFailedError, retrain
+from registry import CHALLENGER, CHAMPION, PREVIOUS, audit, open_store
+
+OPEN_GATES = [  # smoke models are too small to pass the real gates; the limits are config
+    "gates.max_escape=1.01",
+    "gates.max_fpr=1.01",
+    "gates.max_flip_rate=1.0",
+    "gates.champion_escape_margin=1.0",
+    "gates.champion_fpr_margin=1.0",
+]
+MODEL = "dieguard-test"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def overrides(data_dir: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return [
+        f"data_dir={data_dir}",
+        f"out_dir={out}",
+        f"name={name}",
+        f"data.cache_dir={out / 'cache'}",
+        *extra,
+    ]
+
+
+def aliases(uri: str) -> dict[str, str]:
+    model = open_store(uri).client.get_registered_model(MODEL)
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_data, tmp_path_factory):
+    """One approved run on an empty registry: the CNN becomes champion, then the candidate."""
+    out = tmp_path_factory.mktemp("retrain")
+    uri = f"sqlite:///{out / 'mlruns' / 'mlflow.db'}"
+    result = retrain(
+        "configs/smoke.yaml",
+        overrides(tiny_data, out, "first", *OPEN_GATES),
+        model_name=MODEL,
+        tracking_uri=uri,
+        auto_approve=True,
+    )
+    return out, uri, result
+
+
+@pytest.fixture
+def registry_copy(first_run, tmp_path):
+    """A private copy of the first run's MLflow store (database and artifacts)."""
+    out, _, _ = first_run
+    shutil.copytree(out / "mlruns", tmp_path / "mlruns")
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+def test_first_run_makes_the_cnn_then_the_candidate_champion(first_run):
+    _, uri, result = first_run
+    assert result["approved"] and result["champion"] == result["version"] == "2"
+    assert aliases(uri) == {CHAMPION: "2", PREVIOUS: "1"}
+    client = open_store(uri).client
+    record = audit(client, MODEL, "2")
+    assert record["kind"] == "multimodal" and record["data"]["digest"]
+    assert record["validation"]["verdict"] in (True, "passed")
+    assert record["approval"]["automatic"] in (True, "true", "True")
+    assert audit(client, MODEL, "1")["kind"] == "baseline"
+    params = client.get_run(record["run_id"]).data.params
+    assert params["model.img_size"] == "32"
+
+
+def test_a_failing_gate_aliases_nothing(tiny_data, registry_copy, tmp_path):
+    before = aliases(registry_copy)
+    with pytest.raises(GateFailedError, match="fp32_fpr|fp32_escape"):
+        retrain(
+            "configs/smoke.yaml",
+            overrides(tiny_data, tmp_path, "gated", "gates.max_fpr=0.0", "gates.max_escape=0.0"),
+            model_name=MODEL,
+            tracking_uri=registry_copy,
+            auto_approve=True,
+        )
+    assert aliases(registry_copy) == before
+    assert len(open_store(registry_copy).client.search_model_versions(f"name='{MODEL}'")) == 2
+
+
+def test_bad_data_is_quarantined_and_stops_the_run(tiny_data, registry_copy, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    labels = data / "train" / "labels.csv"
+    frame = pd.read_csv(labels, dtype={"die_id": str})
+    frame.loc[:4, "label"] = 7
+    frame.to_csv(labels, index=False)
+    before = aliases(registry_copy)
+    with pytest.raises(DataValidationError, match="label"):
+        retrain(
+            "configs/smoke.yaml",
+            overrides(data, tmp_path, "bad", *OPEN_GATES),
+            model_name=MODEL,
+            tracking_uri=registry_copy,
+            auto_approve=True,
+        )
+    assert aliases(registry_copy) == before
+    assert labels.exists() and len(pd.read_csv(labels)) == len(frame)  # nothing deleted
+    assert list(data.rglob("QUARANTINE*"))
+
+
+def paused_run_id(timeout_s: float = 600) -> str:
+    """The id of the first flow run seen in the Paused state."""
+    paused = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+    )
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=paused)
+            if runs:
+                return runs[0].id
+            time.sleep(1)
+    raise TimeoutError("no flow run paused for approval")
+
+
+def run_until_decided(tiny_data, uri, out, form: dict) -> dict:
+    """Run the flow in a thread, answer its approval form through the Prefect API."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = retrain(
+                "configs/smoke.yaml",
+                overrides(tiny_data, out, "asked", *OPEN_GATES),
+                model_name=MODEL,
+                tracking_uri=uri,
+                approval_timeout_s=900,
+            )
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    resume_flow_run(paused_run_id(), run_input=form)
+    thread.join(timeout=600)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+CHECKED = {
+    "reviewed_evaluation_report": True,
+    "reviewed_fairness_audit": True,
+    "reviewed_gate_verdicts": True,
+}
+
+
+def test_approval_and_rejection_through_the_prefect_api(tiny_data, registry_copy, tmp_path):
+    rejected = run_until_decided(
+        tiny_data,
+        registry_copy,
+        tmp_path / "a",
+        {"approve": False, "approver": "q.engineer", "reason": "wafer-edge FPR"} | CHECKED,
+    )
+    assert not rejected["approved"]
+    assert aliases(registry_copy)[CHAMPION] == "2"
+    assert aliases(registry_copy)[CHALLENGER] == rejected["version"]
+    decision = audit(open_store(registry_copy).client, MODEL, rejected["version"])["approval"]
+    assert decision["approver"] == "q.engineer" and "wafer-edge" in decision["reason"]
+
+    approved = run_until_decided(
+        tiny_data,
+        registry_copy,
+        tmp_path / "b",
+        {"approve": True, "approver": "q.engineer", "reason": "figures hold"} | CHECKED,
+    )
+    assert approved["approved"]
+    assert aliases(registry_copy)[CHAMPION] == approved["version"]
+    assert aliases(registry_copy)[PREVIOUS] == "2"

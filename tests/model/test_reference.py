@@ -1,0 +1,52 @@
+"""The golden-die comparison finds the template and shift, and leaves only the defect."""
+
+import numpy as np
+import torch
+
+from model.reference import GoldenReference, standardize
+
+
+def layout(seed: int, size: int = 32) -> torch.Tensor:
+    """A random binary layout (3, size, size) in [0, 1], different per seed."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(1, size // 4, size // 4, generator=g) > 0.5).float().repeat_interleave(
+        4, 1
+    ).repeat_interleave(4, 2).expand(3, -1, -1) * 0.6 + 0.2
+
+
+def fitted(shift: int = 2) -> GoldenReference:
+    ref = GoldenReference(num_templates=2, img_size=32, max_shift=shift)
+    dies = torch.stack([layout(0), layout(0), layout(1), layout(1)])  # two fabs, two dies each
+    images = (dies.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    ref.fit(images, np.array([0, 0, 1, 1]))
+    return ref
+
+
+def test_a_shifted_good_die_leaves_no_residual_inside_the_search_window():
+    ref = fitted()
+    for fab in (0, 1):
+        die = layout(fab).roll((1, -2), dims=(1, 2))[None]  # misaligned by (1, -2) px
+        out = ref(die)
+        assert out.shape == (1, 6, 32, 32)
+        assert torch.allclose(out[:, :3], standardize(die), atol=1e-6)
+        assert out[:, 3:, 2:-2, 2:-2].abs().max() < 1e-4
+
+
+def test_a_particle_stands_out_of_the_residual_where_it_is():
+    ref = fitted()
+    die = layout(1).clone()
+    die[:, 14:18, 20:24] = 0.0  # a dark particle
+    residual = ref(die[None])[0, 3:].abs().sum(0)
+    y, x = divmod(int(residual.argmax()), 32)
+    assert 14 <= y < 18 and 20 <= x < 24
+    outside = residual.clone()
+    outside[12:20, 18:26] = 0
+    assert residual.max() > 10 * outside.max() + 1e-6
+
+
+def test_each_die_in_a_batch_is_matched_on_its_own():
+    ref = fitted()
+    dies = torch.stack([layout(0), layout(1).roll(1, dims=2)])
+    together = ref(dies)
+    alone = torch.cat([ref(dies[:1]), ref(dies[1:])])
+    assert torch.allclose(together, alone, atol=1e-6)

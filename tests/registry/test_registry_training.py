@@ -1,0 +1,119 @@
+"""log_training: params, per-epoch and test metrics, data splits, artifacts and logged models."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from model.checkpoint import load_trained
+from registry import log_training
+from tests.registry.fake_run import DATA_DIGEST, EXPERIMENT, GIT_COMMIT, KIND, SPLIT_DIGESTS
+
+
+def test_config_is_logged_as_dotted_params(store, logged, run_files):
+    params = store.client.get_run(logged.run_id).data.params
+    assert params["train.lr"] == "0.001"
+    assert params["model.img_size"] == "32"
+    assert params["model.baseline_weights"] == "null"
+    assert params["name"] == "smoke"
+
+
+def test_history_is_logged_per_epoch_with_the_kind_prefix(store, logged):
+    client = store.client
+    fpr = client.get_metric_history(logged.run_id, f"{KIND}.val_fpr")
+    assert [(m.step, m.value) for m in sorted(fpr, key=lambda m: m.step)] == [
+        (0, 0.5),
+        (1, 0.2),
+        (2, 0.15),
+    ]
+    focal = client.get_metric_history(logged.run_id, f"{KIND}.train_focal")
+    assert sorted(m.step for m in focal) == [1, 2]  # the empty stage-1 cell is left out
+    assert not client.get_metric_history(logged.run_id, f"{KIND}.epoch")
+
+
+def test_test_figures_are_logged_with_and_without_notes(store, logged, run_files):
+    metrics = store.client.get_run(logged.run_id).data.metrics
+    summary = json.loads((run_files["folder"] / "summary.json").read_text())[KIND]
+    assert metrics[f"{KIND}.test.escape_rate"] == pytest.approx(summary["test"]["escape"]["rate"])
+    assert metrics[f"{KIND}.test.escape_upper95"] == pytest.approx(summary["test"]["escape"]["hi"])
+    assert metrics[f"{KIND}.test.fpr"] == pytest.approx(summary["test"]["fpr"]["rate"])
+    assert metrics[f"{KIND}.test.macro_f1"] == pytest.approx(summary["test"]["macro_f1"])
+    no_notes = summary["test_no_notes"]
+    assert metrics[f"{KIND}.test_no_notes.escape_rate"] == pytest.approx(no_notes["escape"]["rate"])
+    assert metrics[f"{KIND}.test_no_notes.macro_f1"] == pytest.approx(no_notes["macro_f1"])
+
+
+def test_splits_are_dataset_inputs_with_our_digest_and_source(store, logged, run_files):
+    run = store.client.get_run(logged.run_id)
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == set(SPLIT_DIGESTS)
+    for name, digest in SPLIT_DIGESTS.items():
+        assert inputs[name].dataset.digest == digest
+        assert str(run_files["splits"][name].source.resolve()) in inputs[name].dataset.source
+    contexts = {
+        n: {t.key: t.value for t in d.tags}["mlflow.data.context"] for n, d in inputs.items()
+    }
+    assert contexts == {"train": "training", "val": "validation", "test": "testing"}
+
+
+def test_run_tags_and_artifacts(store, logged):
+    client = store.client
+    run = client.get_run(logged.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dieguard.data_digest"] == DATA_DIGEST
+    assert run.data.tags["mlflow.source.git.commit"] == GIT_COMMIT
+    assert run.data.tags[f"dieguard.{KIND}.gate_passed"] == "true"
+    assert run.data.tags["attempt"] == "1"
+    top = {a.path for a in client.list_artifacts(logged.run_id)}
+    assert {"evaluation", "data_docs", "eda", "eda_summary", "prepared", KIND} <= top
+    assert "summary.json" in top
+    docs = {a.path for a in client.list_artifacts(logged.run_id, "data_docs")}
+    assert docs == {"data_docs/index.html", "data_docs/validations"}
+    assert [a.path for a in client.list_artifacts(logged.run_id, "eda_summary")] == [
+        "eda_summary/summary.json"
+    ]
+
+
+def test_three_models_are_logged_per_deployed_kind(store, logged):
+    assert set(logged.models) == {f"{KIND}-pytorch", f"{KIND}-fp32", f"{KIND}-int8"}
+    assert logged.serving == {KIND: logged.models[f"{KIND}-int8"]}
+    for uri in logged.models.values():
+        model = store.client.get_logged_model(uri.removeprefix("models:/"))
+        assert model.source_run_id == logged.run_id
+
+
+def test_pytorch_model_loads_as_module_and_checkpoint(store, logged, run_files, tmp_path):
+    model_id = logged.models[f"{KIND}-pytorch"].removeprefix("models:/")
+    location = store.client.get_logged_model(model_id).artifact_location
+    local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp_path))
+    module = mlflow.pytorch.load_model(local)
+    original, _, _ = load_trained(run_files["folder"] / KIND / "model.pt")
+    assert type(module) is type(original)
+    _, cfg, point = load_trained(tmp_path / "artifacts" / "extra_files" / "model.pt")
+    assert cfg.name == "smoke" and point.threshold == pytest.approx(0.25)
+
+
+def test_a_retried_log_reuses_the_finished_run(store, logged, run_files):
+    again = log_training(
+        store,
+        EXPERIMENT,
+        run_files["folder"],
+        run_files["config"],
+        run_files["splits"],
+        kinds=(KIND,),
+        deployments={KIND: run_files["deploy"]},
+        artifacts=run_files["artifacts"],
+    )
+    assert again.reused and again.run_id == logged.run_id
+    assert again.models == logged.models
+
+
+def test_missing_files_fail_before_anything_is_logged(store, run_files, tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        log_training(store, EXPERIMENT, tmp_path, run_files["config"], {}, kinds=(KIND,))
+    assert not store.client.search_runs(
+        [store.client.get_experiment_by_name(EXPERIMENT).experiment_id],
+        f"attributes.run_name = '{tmp_path.name}'",
+    )
