@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -13,6 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
+from prefect.input import keyset_from_paused_state
 from prefect.testing.utilities import prefect_test_harness
 
 from expectations.validate import DataValidationError
@@ -122,8 +124,8 @@ def test_bad_data_is_quarantined_and_stops_the_run(tiny_data, registry_copy, tmp
     assert list(data.rglob("QUARANTINE*"))
 
 
-def paused_run_id(timeout_s: float = 600) -> str:
-    """The id of the first flow run seen in the Paused state."""
+def paused_run(timeout_s: float = 600):
+    """The first flow run seen in the Paused state."""
     paused = FlowRunFilter(
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
     )
@@ -132,7 +134,7 @@ def paused_run_id(timeout_s: float = 600) -> str:
         while time.monotonic() < deadline:
             runs = client.read_flow_runs(flow_run_filter=paused)
             if runs:
-                return runs[0].id
+                return runs[0]
             time.sleep(1)
     raise TimeoutError("no flow run paused for approval")
 
@@ -155,11 +157,24 @@ def run_until_decided(tiny_data, uri, out, form: dict) -> dict:
 
     thread = threading.Thread(target=target)
     thread.start()
-    resume_flow_run(paused_run_id(), run_input=form)
+    run = paused_run()
+    assert_the_ui_shows_the_approval_form(run)
+    resume_flow_run(run.id, run_input=form)
     thread.join(timeout=600)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def assert_the_ui_shows_the_approval_form(run) -> None:
+    """The Prefect UI renders a paused run's form from the schema and description it stores."""
+    keys = keyset_from_paused_state(run.state)
+    with get_client(sync_client=True) as client:
+        schema = json.loads(client.read_flow_run_input(run.id, keys["schema"]))
+        description = json.loads(client.read_flow_run_input(run.id, keys["description"]))
+    assert {"approve", "approver", "reason", *CHECKED} <= set(schema["properties"])
+    assert schema["properties"]["approve"]["type"] == "boolean"
+    assert "Approve dieguard-test version" in description and "escape rate" in description
 
 
 CHECKED = {
