@@ -10,7 +10,7 @@ CONFIG ?= configs/cpu.yaml
 
 RUN := runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: install demo ui test lint format data eda train evaluate clean
+.PHONY: install demo ui test lint format data audit eda train evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,12 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 $(DATA)/synth_truth.csv: | $(STAMP)
-	$(BIN)/dieguard synth --out $(DATA) --n 16000 --val-n 4000 --test-n 4000 --seed 0 --audit $(DATA)
+	$(BIN)/dieguard synth --out $(DATA) --n 16000 --val-n 4000 --test-n 4000 --seed 0
 
 data: $(DATA)/synth_truth.csv
+
+audit: data
+	$(BIN)/dieguard synth --audit $(DATA)
 
 eda: data
 	$(BIN)/dieguard explore $(DATA) --out runs/eda
