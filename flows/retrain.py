@@ -45,7 +45,8 @@ def retrain(
     """Train a candidate on the configured data set and, when it earns it, make it champion.
 
     Args:
-        config: the run's YAML config; overrides: `key=value` changes to it.
+        config: the run's YAML config.
+        overrides: `key=value` changes to the config, e.g. `data_dir=/data/week48`.
         model_name: the registered model in MLflow.
         tracking_uri: the MLflow store (default: a SQLite file under mlruns/).
         auto_approve: approve without asking (demo and tests); recorded as automatic.
