@@ -3,11 +3,12 @@
 Every fab makes one product, so every good die of a fab shows the same layout up to a
 shift of a few pixels, the light and the optics. Inspection tools compare each die with a
 golden (reference) die; so does this module: one template per fab, fitted as the median of
-aligned, standardised good training dies. At run time each image is standardised, matched
-against every template at every shift (one correlation), and the best-aligned template is
-subtracted. A particle, a scratch or a broken line stands out of the flat residual where it
-hides in the busy layout. The module is part of the network (templates are buffers), so the
-exported model does the same.
+aligned, standardised good training dies. At run time each image is standardised, every
+window of it within the search shift is matched against every template's centre (one
+convolution with constant kernels, so it exports to ONNX at any opset), and the best-matching
+window has its template subtracted. A particle, a scratch or a broken line stands out of the
+flat residual where it hides in the busy layout. The module is part of the network (the
+templates are buffers), so the exported model does the same.
 """
 
 from __future__ import annotations
@@ -26,22 +27,23 @@ class GoldenReference(nn.Module):
     def __init__(self, num_templates: int, img_size: int, max_shift: int = 2) -> None:
         super().__init__()
         self.max_shift = max_shift
+        self.size = img_size  # a Python int: the exporters see constant slices
         self.register_buffer("templates", torch.zeros(num_templates, 3, img_size, img_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = standardize(images)
         s, n = self.max_shift, 2 * self.max_shift + 1
-        B, C, H, W = x.shape
-        crop = x[:, :, s : H - s, s : W - s]  # B, 3, H', W'
-        scores = F.conv2d(self.templates, crop)  # K, B, n, n: every template at every shift
-        best = scores.permute(1, 0, 2, 3).flatten(1).argmax(dim=1)  # B
+        B, C, H, W = x.shape[0], x.shape[1], self.size, self.size
+        h, w = H - 2 * s, W - 2 * s
+        centre = self.templates[:, :, s : H - s, s : W - s]  # K, 3, h, w
+        scores = F.conv2d(x, centre)  # B, K, n, n: every template against every window
+        best = scores.flatten(1).argmax(dim=1)  # B
         k, dy, dx = best // (n * n), best // n % n, best % n
-        template = self.templates.index_select(0, k)  # B, 3, H, W
-        rows = (dy[:, None] + torch.arange(H - 2 * s, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(W - 2 * s, device=x.device))[:, None, None, :]
-        window = template.gather(2, rows.expand(B, C, H - 2 * s, W))
-        window = window.gather(3, cols.expand(B, C, H - 2 * s, W - 2 * s))  # B, 3, H', W'
-        return torch.cat([x, F.pad(crop - window, (s, s, s, s))], dim=1)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        window = x.gather(2, rows.expand(B, C, h, W)).gather(3, cols.expand(B, C, h, w))
+        residual = window - centre.index_select(0, k)  # in the template's frame
+        return torch.cat([x, F.pad(residual, (s, s, s, s))], dim=1)
 
     @torch.no_grad()
     def fit(self, images: np.ndarray, groups: np.ndarray, per_group: int = 200, rounds: int = 2):
