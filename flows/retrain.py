@@ -1,7 +1,7 @@
 """The weekly retrain: validate, prepare, train, evaluate, gate, register, approve, promote.
 
-Run it once: `python -m flows.retrain --config configs/cpu.yaml --auto-approve`; on a schedule:
-the `weekly-retrain` deployment in prefect.yaml.
+Run it once with `dieguard retrain --config configs/cpu.yaml [--auto-approve]`; on a schedule,
+as the `weekly-retrain` deployment in prefect.yaml.
 """
 
 from __future__ import annotations
@@ -118,16 +118,3 @@ def approval_summary(model_name: str, version: str, candidate: dict, verdict: di
         "Tick every checklist item and give your name to approve; anything less rejects.",
     ]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run the retrain flow once.")
-    parser.add_argument("--config", default="configs/cpu.yaml")
-    parser.add_argument("--auto-approve", action="store_true")
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    retrain(args.config, args.overrides, tracking_uri=args.tracking_uri,
-            auto_approve=args.auto_approve)  # fmt: skip
