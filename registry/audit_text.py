@@ -71,14 +71,23 @@ def _training(t: Mapping | None, git_commit: str | None) -> list[str]:
 def _deployment(r: Mapping) -> list[str]:
     gate = r.get("gate")
     if isinstance(gate, Mapping) and "passed" in gate:
-        verdict = "passed" if gate["passed"] in (True, "true") else "FAILED"
-        gate = f"{verdict} ({gate.get('chosen', '?')})"
+        gate = _verdict(gate)
     return [
         "Deployment",
         _row("threshold", r.get("threshold")),
-        *_rows("INT8 gate", gate),
+        *_rows("gates", gate),
         *_rows("vs baseline", r.get("baseline_comparison")),
     ]
+
+
+def _verdict(gate: Mapping) -> str:
+    """'passed', 'FAILED: <checks>', or 'not gated: <reason>' for a registered baseline."""
+    if gate["passed"] is None:
+        return f"not gated: {gate.get('reason', '')}"
+    checks = gate.get("checks") or {}
+    failed = [name for name, c in checks.items() if not c.get("passed")]
+    text = "passed" if gate["passed"] in (True, "true") else "FAILED " + ", ".join(failed)
+    return f"{text.strip()} ({gate['chosen']})" if gate.get("chosen") else text.strip()
 
 
 def _approval(a: Mapping | None) -> list[str]:

@@ -80,7 +80,7 @@ def test_format_audit_has_the_key_lines(story, logged):
         GIT_COMMIT,
         "train.lr = 0.001",
         f"{KIND}.test.escape_upper95 = ",
-        "INT8 gate         passed (dynamic)",
+        "gates             passed (dynamic)",
         "approved by alice (manual)",
         "promotion_reason  first champion",
         "rollout      percent=100",
