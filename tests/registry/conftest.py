@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from registry import log_training, open_store
-from tests.registry.fake_run import DATA_DIGEST, EXPERIMENT, GIT_COMMIT, KIND, build_run
+from registry import open_store
+from tests.registry.fake_run import DATA_DIGEST, GIT_COMMIT, build_run, log_fake_run
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -26,11 +26,18 @@ def run_files(tmp_path_factory) -> dict:
     return build_run(tmp_path_factory.mktemp("registry_run"))
 
 
+def _unavailable(reason: str) -> None:
+    """Skip the PostgreSQL cases, or fail them where DIEGUARD_REQUIRE_POSTGRES=1 (CI has one)."""
+    if os.environ.get("DIEGUARD_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL required here but unavailable: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_store_url():
     """A fresh database on the local PostgreSQL server, dropped after the session."""
     if importlib.util.find_spec("psycopg") is None:
-        pytest.skip("no PostgreSQL driver (psycopg) installed in the environment")
+        _unavailable("no PostgreSQL driver (psycopg) installed in the environment")
     import psycopg
 
     admin = os.environ.get("DIEGUARD_TEST_POSTGRES", POSTGRES_ADMIN)
@@ -38,13 +45,13 @@ def postgres_store_url():
         conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as err:
         reason = str(err).strip().splitlines()[0][:160]
-        pytest.skip(f"no PostgreSQL server answers at {admin}: {reason}")
+        _unavailable(f"no PostgreSQL server answers at {admin}: {reason}")
     name = f"dieguard_registry_{uuid.uuid4().hex[:10]}"
     with conn:
         try:
             conn.execute(f'CREATE DATABASE "{name}"')
         except psycopg.Error as err:
-            pytest.skip(f"cannot create a throw-away database at {admin}: {err}")
+            _unavailable(f"cannot create a throw-away database at {admin}: {err}")
         try:
             yield admin.rsplit("/", 1)[0] + f"/{name}"
         finally:
@@ -64,15 +71,9 @@ def store(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def logged(store, run_files):
     """The run folder logged once into the store (a TrainingRecord)."""
-    return log_training(
+    return log_fake_run(
         store,
-        EXPERIMENT,
-        run_files["folder"],
-        run_files["config"],
-        run_files["splits"],
-        kinds=(KIND,),
-        deployments={KIND: run_files["deploy"]},
-        artifacts=run_files["artifacts"],
+        run_files,
         data_digest=DATA_DIGEST,
         git_commit=GIT_COMMIT,
         tags={"trigger": "test", "attempt": 1},

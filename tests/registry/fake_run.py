@@ -21,7 +21,7 @@ from model.metrics import summarize
 from model.network import build_model
 from model.schema import NUM_CLASSES
 from model.tokenizer import save_tokenizer, train_note_tokenizer
-from registry import Split
+from registry import Split, log_training
 
 KIND = "multimodal"
 EXPERIMENT = "dieguard-registry-tests"
@@ -133,3 +133,18 @@ def build_run(root: Path) -> dict:
             "eda_summary": reports / "eda" / "summary.json",
         },
     }
+
+
+def log_fake_run(store, files: dict, **extra):
+    """log_training of a fake run folder as the tests log it (extra: keyword arguments)."""
+    return log_training(
+        store,
+        EXPERIMENT,
+        files["folder"],
+        files["config"],
+        files["splits"],
+        kinds=(KIND,),
+        deployments={KIND: files["deploy"]},
+        artifacts=files["artifacts"],
+        **extra,
+    )

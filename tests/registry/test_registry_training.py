@@ -9,7 +9,14 @@ import pytest
 
 from model.checkpoint import load_trained
 from registry import log_training
-from tests.registry.fake_run import DATA_DIGEST, EXPERIMENT, GIT_COMMIT, KIND, SPLIT_DIGESTS
+from tests.registry.fake_run import (
+    DATA_DIGEST,
+    EXPERIMENT,
+    GIT_COMMIT,
+    KIND,
+    SPLIT_DIGESTS,
+    log_fake_run,
+)
 
 
 def test_config_is_logged_as_dotted_params(store, logged, run_files):
@@ -96,16 +103,7 @@ def test_pytorch_model_loads_as_module_and_checkpoint(store, logged, run_files, 
 
 
 def test_a_retried_log_reuses_the_finished_run(store, logged, run_files):
-    again = log_training(
-        store,
-        EXPERIMENT,
-        run_files["folder"],
-        run_files["config"],
-        run_files["splits"],
-        kinds=(KIND,),
-        deployments={KIND: run_files["deploy"]},
-        artifacts=run_files["artifacts"],
-    )
+    again = log_fake_run(store, run_files)
     assert again.reused and again.run_id == logged.run_id
     assert again.models == logged.models
 
