@@ -32,13 +32,11 @@ class GoldenReference(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = standardize(images)
-        s, n = self.max_shift, 2 * self.max_shift + 1
+        s = self.max_shift
         B, C, H, W = x.shape[0], x.shape[1], self.size, self.size
         h, w = H - 2 * s, W - 2 * s
-        centre = self.templates[:, :, s : H - s, s : W - s]  # K, 3, h, w
-        scores = F.conv2d(x, centre)  # B, K, n, n: every template against every window
-        best = scores.flatten(1).argmax(dim=1)  # B
-        k, dy, dx = best // (n * n), best // n % n, best % n
+        centre = self._centre(self.templates)  # K, 3, h, w
+        k, dy, dx = self._best_window(x, centre)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         window = x.gather(2, rows.expand(B, C, h, W)).gather(3, cols.expand(B, C, h, w))
@@ -65,15 +63,27 @@ class GoldenReference(nn.Module):
                 template = self._aligned(x, template).median(dim=0).values
             self.templates[k] = template.to(self.templates.device)
 
+    def _centre(self, templates: torch.Tensor) -> torch.Tensor:
+        """Templates (K, 3, H, W) without their search margin: (K, 3, H - 2s, W - 2s)."""
+        s = self.max_shift
+        return templates[:, :, s : self.size - s, s : self.size - s]
+
+    def _best_window(self, x: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per image, the template (k) and window offset (dy, dx) that match best (B each)."""
+        n = 2 * self.max_shift + 1
+        scores = F.conv2d(x, centre)  # B, K, n, n: every template against every window
+        best = scores.flatten(1).argmax(dim=1)
+        return best // (n * n), best // n % n, best % n
+
     def _aligned(self, x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
         """Each image shifted (wrapping) onto the template's grid."""
-        s, n = self.max_shift, 2 * self.max_shift + 1
-        H, W = x.shape[-2:]
-        scores = F.conv2d(template[None], x[:, :, s : H - s, s : W - s])[0]  # B, n, n
-        best = scores.flatten(1).argmax(dim=1)
-        dy, dx = (best // n - s).tolist(), (best % n - s).tolist()
+        _, dy, dx = self._best_window(x, self._centre(template[None]))
+        s = self.max_shift
         return torch.stack(
-            [img.roll((a, b), dims=(1, 2)) for img, a, b in zip(x, dy, dx, strict=True)]
+            [
+                img.roll((s - a, s - b), dims=(1, 2))
+                for img, a, b in zip(x, dy.tolist(), dx.tolist(), strict=True)
+            ]
         )
 
 
