@@ -10,7 +10,7 @@ CONFIG ?= configs/cpu.yaml
 
 RUN := runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: install demo ui test lint format data audit eda train evaluate clean
+.PHONY: install demo ui serve loadtest browser test lint format data audit eda train evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,24 @@ demo: data
 ui: $(STAMP)
 	BIN=$(BIN) deployments/local_ui.sh
 
+# The inspection service over the registry's champion (after `make demo`), with demo keys.
+# Production sets its own keys in DIEGUARD_API_KEYS (see README).
+DEMO_KEYS ?= station:station-1:demo-station-key,operator:operator-1:demo-operator-key,admin:admin:demo-admin-key
+PORT ?= 8000
+
+serve: $(STAMP)
+	DIEGUARD_API_KEYS=$(DEMO_KEYS) $(BIN)/dieguard serve --port $(PORT)
+
+loadtest: $(STAMP)
+	$(BIN)/dieguard loadtest --url http://127.0.0.1:$(PORT) --key demo-station-key \
+		--find-max --rate 5 --rate 10 --rate 15 --rate 20 --rate 25 --rate 30 --rate 40 --duration 20
+
+# The dashboard tests drive Debian's Chromium; install it where we may (root), else they skip.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null; } || echo "chromium is not installed: the browser tests will skip"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -56,7 +74,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -168,10 +168,6 @@ def bench(model_path, data_dir, out_dir, onnx_dir, iters, threads) -> None:
     click.echo(result["table"])
 
 
-if __name__ == "__main__":
-    main()
-
-
 TRACKING = click.option(
     "--tracking-uri",
     envvar="MLFLOW_TRACKING_URI",
@@ -240,3 +236,16 @@ def audit_command(model_name, version, tracking_uri, as_json) -> None:
     client = open_store(tracking_uri).client
     record = audit(client, model_name, resolve(client, model_name, version).version)
     click.echo(json.dumps(record, indent=2) if as_json else format_audit(record))
+
+
+def _add_service_commands() -> None:
+    from dieguard.service_cli import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_service_commands()
+
+if __name__ == "__main__":
+    main()

@@ -9,12 +9,16 @@ serving and the champion comparison read them.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
+
+from model.batches import DieDataset
 from model.calibrate import OperatingPoint
 from model.checkpoint import load_trained
-from model.config import RunConfig
-from model.data import ProcessScaler, load_split
+from model.config import ModelConfig, RunConfig
+from model.data import DieSplit, ProcessScaler, load_split
 from model.export import export_onnx
 from model.metrics import summarize
 from model.onnx_runtime import (
@@ -60,6 +64,46 @@ def bundle_files(folder: str | Path) -> dict[str, Path]:
     return files
 
 
+@dataclass
+class BundleSplit:
+    """One split encoded for one bundle: what running the bundle over those dies needs."""
+
+    files: dict[str, Path]  # bundle_files of the bundle
+    session: ort.InferenceSession  # its model, on the CPU
+    part: DieSplit  # the split at the model's image size, z-scored with the bundle's scaler
+    dataset: DieDataset  # the split with notes encoded by the bundle's tokenizer
+
+
+def open_bundle_split(
+    folder: str | Path,
+    data_dir: str | Path,
+    split: str,
+    cache_dir: str | Path,
+    max_note_len: int | None = None,
+    default_note_len: int = ModelConfig.max_note_len,
+) -> BundleSplit:
+    """Open a bundle on the CPU and encode one split of a data set at the sizes it takes.
+
+    Args:
+        folder: the bundle folder (see bundle_files).
+        data_dir: the data set root (train/val/test folders in the dataset contract).
+        split: which split to encode.
+        cache_dir: the decoded-image cache.
+        max_note_len: note length to encode; None takes the one fixed in the model's graph.
+        default_note_len: the length when the graph does not fix one.
+    Returns:
+        The bundle's files and session with the split and its encoded dataset.
+    """
+    files = bundle_files(folder)
+    session = load_session(files["model"], providers=[CPU])
+    img_size = int(session.get_inputs()[0].shape[-1])
+    note_len = max_note_len or _note_length(session, default_note_len)
+    scaler = ProcessScaler.load(files["scaler"])
+    part = load_split(data_dir, split, img_size, cache_dir, scaler)
+    dataset = encode_split(part, load_tokenizer(files["tokenizer"]), note_len)
+    return BundleSplit(files, session, part, dataset)
+
+
 def score_bundle(
     folder: str | Path,
     cfg: RunConfig,
@@ -72,15 +116,11 @@ def score_bundle(
     The split is encoded with the bundle's own scaler and tokenizer, at the image size its
     model takes, so a champion is scored on exactly the dies a candidate is.
     """
-    files = bundle_files(folder)
-    session = load_session(files["model"], providers=[CPU])
-    img_size = int(session.get_inputs()[0].shape[-1])
-    note_len = max_note_len or _note_length(session, cfg.model.max_note_len)
-    scaler = ProcessScaler.load(files["scaler"])
-    part = load_split(cfg.data_dir, split, img_size, cfg.data.cache_dir, scaler)
-    dataset = encode_split(part, load_tokenizer(files["tokenizer"]), note_len)
-    pred = predict_session(session, dataset, batch_size=batch_size)
-    threshold = OperatingPoint.load(files["operating_point"]).threshold
+    opened = open_bundle_split(
+        folder, cfg.data_dir, split, cfg.data.cache_dir, max_note_len, cfg.model.max_note_len
+    )
+    pred = predict_session(opened.session, opened.dataset, batch_size=batch_size)
+    threshold = OperatingPoint.load(opened.files["operating_point"]).threshold
     return summarize(pred["labels"], pred["probs"], threshold)
 
 

@@ -1,9 +1,18 @@
-"""Shared fixtures: one small synthetic data set per session, and throw-away split copies."""
+"""Shared fixtures: one small synthetic data set per session, throw-away split copies, and
+a throw-away PostgreSQL database.
+
+PostgreSQL: the server at 127.0.0.1:5432 (trust auth, user postgres), or the admin URL in
+DIEGUARD_TEST_POSTGRES. Without one the PostgreSQL cases are skipped, or fail where
+DIEGUARD_REQUIRE_POSTGRES=1 (CI has one).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,3 +82,47 @@ def copy_split(tiny_data, tmp_path) -> Callable[..., Path]:
         return dst
 
     return copy
+
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _postgres_unavailable(reason: str) -> None:
+    """Skip the PostgreSQL cases, or fail them where DIEGUARD_REQUIRE_POSTGRES=1."""
+    if os.environ.get("DIEGUARD_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL required here but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    """The admin URL of a PostgreSQL server that answers (for creating databases)."""
+    if importlib.util.find_spec("psycopg") is None:
+        _postgres_unavailable("no PostgreSQL driver (psycopg) installed in the environment")
+    import psycopg
+
+    admin = os.environ.get("DIEGUARD_TEST_POSTGRES", POSTGRES_ADMIN)
+    try:
+        psycopg.connect(admin, autocommit=True, connect_timeout=3).close()
+    except psycopg.OperationalError as err:
+        reason = str(err).strip().splitlines()[0][:160]
+        _postgres_unavailable(f"no PostgreSQL server answers at {admin}: {reason}")
+    return admin
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin):
+    """A fresh database on the PostgreSQL server (a postgresql:// URL), dropped after the
+    session. Tests share it: each uses its own tables or names."""
+    import psycopg
+
+    name = f"dieguard_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_admin, autocommit=True, connect_timeout=3) as conn:
+        try:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        except psycopg.Error as err:
+            _postgres_unavailable(f"cannot create a throw-away database at {postgres_admin}: {err}")
+        try:
+            yield postgres_admin.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,94 @@
+"""Content-addressed storage of uploaded die images: one file per distinct upload.
+
+A stored image is named by the SHA-256 of its bytes, under a two-character fan-out folder:
+``ab/abcdef...png``. That relative name (the *ref*) is what inspection records keep. Writes
+are atomic (a temporary file renamed into place), so a reader never sees half an image, and
+the same bytes uploaded twice are stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+SUFFIXES = {"png": ".png", "jpeg": ".jpg"}
+REF_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.(?:png|jpg)$")
+
+
+class ImageStore:
+    """Uploaded images under one root folder, addressed by their content hash."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, data: bytes, fmt: str) -> str:
+        """Store an upload (once per distinct content).
+
+        Args:
+            data: the encoded image as received.
+            fmt: "png" or "jpeg".
+        Returns:
+            The ref, e.g. ``"ab/ab12...ef.png"``, relative to the root.
+        Raises:
+            ValueError: unknown format or no bytes.
+        """
+        if fmt not in SUFFIXES:
+            raise ValueError(f"unknown image format {fmt!r}; expected one of {sorted(SUFFIXES)}")
+        if not data:
+            raise ValueError("an image upload has no bytes")
+        digest = hashlib.sha256(data).hexdigest()
+        ref = f"{digest[:2]}/{digest}{SUFFIXES[fmt]}"
+        target = self.root / ref
+        if target.exists():
+            return ref
+        target.parent.mkdir(exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return ref
+
+    def path(self, ref: str) -> Path:
+        """The file of a ref (which may not exist).
+
+        Raises:
+            ValueError: the ref is not one that `put` returns (e.g. it escapes the root).
+        """
+        if not isinstance(ref, str) or not REF_PATTERN.match(ref):
+            raise ValueError(f"not an image ref of this store: {ref!r}")
+        path = (self.root / ref).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"image ref escapes the store root: {ref!r}")
+        return path
+
+    def get(self, ref: str) -> bytes:
+        """The stored bytes of a ref.
+
+        Raises:
+            ValueError: malformed ref. FileNotFoundError: nothing stored under it.
+        """
+        path = self.path(ref)
+        if not path.is_file():
+            raise FileNotFoundError(f"no image stored under {ref} in {self.root}")
+        return path.read_bytes()
+
+    def exists(self, ref: str) -> bool:
+        """True when an image is stored under a well-formed ref."""
+        return self.path(ref).is_file()
+
+
+def image_format(ref: str) -> str:
+    """The format ("png" or "jpeg") a ref was stored as."""
+    suffix = Path(ref).suffix
+    for fmt, known in SUFFIXES.items():
+        if suffix == known:
+            return fmt
+    raise ValueError(f"not an image ref of this store: {ref!r}")

@@ -1,0 +1,85 @@
+"""Prometheus metrics of one service instance (its own registry, so instances do not mix)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+
+
+class ServiceMetrics:
+    """The service's counters, histograms and gauges (names start with `dieguard_`)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.request_latency = Histogram(
+            "dieguard_inspect_latency_seconds",
+            "End-to-end time of answered inspections, from request to response.",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.model_latency = Histogram(
+            "dieguard_model_batch_seconds",
+            "Time of one model call on a batch.",
+            ["role"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "dieguard_batch_size", "Dies per model call.", ["role"], registry=r,
+            buckets=(1, 2, 3, 4, 5, 6, 7, 8, 16, 32),
+        )  # fmt: skip
+        self.decisions = Counter(
+            "dieguard_decisions_total",
+            "Model decisions by class, model version and role (champion or candidate).",
+            ["class_name", "model_version", "role", "served"],
+            registry=r,
+        )
+        self.missing_notes = Counter(
+            "dieguard_missing_notes_total", "Inspections without an operator note.", registry=r
+        )
+        self.missing_parameters = Counter(
+            "dieguard_missing_parameters_total",
+            "Process parameters absent from inspected dies.",
+            registry=r,
+        )
+        self.inspections = Counter(
+            "dieguard_inspections_total", "Inspections answered.", registry=r
+        )
+        self.rejected = Counter(
+            "dieguard_rejected_requests_total",
+            "Requests refused, by HTTP status.",
+            ["status"],
+            registry=r,
+        )
+        self.loaded = Gauge(
+            "dieguard_model_loaded", "1 for each loaded model version.", ["role", "model_version"],
+            registry=r,
+        )  # fmt: skip
+        self.log_buffered = Gauge(
+            "dieguard_log_buffered", "Inspection records waiting to be written.", registry=r
+        )
+        self.log_dropped = Gauge(
+            "dieguard_log_dropped", "Inspection records dropped from a full buffer.", registry=r
+        )
+
+    def observe_decision(self, class_name: str, version: str, role: str, served: bool) -> None:
+        self.decisions.labels(class_name, version, role, "yes" if served else "no").inc()
+
+    def model_changed(self, role: str, old: str | None, new: str | None) -> None:
+        if old is not None:
+            self.loaded.remove(role, old)
+        if new is not None:
+            self.loaded.labels(role, new).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

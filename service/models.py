@@ -1,0 +1,174 @@
+"""The models the service runs: the champion, an optional candidate, and how dies are routed.
+
+The champion comes from the registry's `champion` alias (or a fixed bundle folder). In
+shadow mode the candidate (the `challenger` alias) runs on every die and the champion
+decides; in canary mode the candidate decides the share of dies whose stable die-id hash
+falls under `canary_share`. Both decisions are logged either way. A watcher re-reads the
+aliases and swaps models in place when one moves: no restart, no request lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from registry import CHAMPION, download_bundle, open_store
+from registry.aliases import alias_version
+from service.batcher import MicroBatcher
+from service.config import ServiceConfig
+from service.engine import ModelEngine
+from service.metrics import ServiceMetrics
+
+CANDIDATE = "candidate"
+log = logging.getLogger("dieguard.service")
+
+
+def canary_bucket(die_id: str) -> float:
+    """A die's stable position in [0, 1): the same die always takes the same route."""
+    digest = hashlib.sha256(die_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class Routing:
+    """Who decides: `off` (champion only), `shadow` (both run, champion decides) or `canary`."""
+
+    mode: str = "off"
+    share: float = 0.0
+
+    def deciding_role(self, die_id: str) -> str:
+        if self.mode == "canary" and canary_bucket(die_id) < self.share:
+            return CANDIDATE
+        return CHAMPION
+
+
+@dataclass
+class LoadedModel:
+    """An engine and its batcher."""
+
+    role: str
+    engine: ModelEngine
+    batcher: MicroBatcher
+    loaded_at: datetime
+
+    @property
+    def version(self) -> str:
+        return self.engine.version
+
+
+class ModelPool:
+    """The loaded models by role, replaced atomically (a request keeps the one it started on)."""
+
+    def __init__(self, config: ServiceConfig, metrics: ServiceMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self.routing = Routing(config.route_mode, config.canary_share)
+        self.last_error: str | None = None
+
+    def get(self, role: str) -> LoadedModel | None:
+        return self.models.get(role)
+
+    async def load(self, role: str, folder: Path) -> LoadedModel:
+        """Open a bundle (in a thread), start its batcher, then swap it in and stop the old."""
+        engine = await asyncio.to_thread(ModelEngine, folder, self.config.threads)
+
+        def on_batch(size: int, seconds: float) -> None:
+            self.metrics.batch_size.labels(role).observe(size)
+            self.metrics.model_latency.labels(role).observe(seconds)
+
+        batcher = MicroBatcher(
+            lambda dies: engine.predict(dies, role),
+            self.config.max_batch,
+            self.config.max_wait_ms,
+            on_batch,
+            name=role,
+        )
+        batcher.start()
+        new = LoadedModel(role, engine, batcher, datetime.now(UTC))
+        old = self.models.get(role)
+        self.models[role] = new
+        self.metrics.model_changed(role, old.version if old else None, new.version)
+        log.info("%s is now %s", role, engine.label)
+        if old is not None:
+            await old.batcher.stop()
+        return new
+
+    async def unload(self, role: str) -> None:
+        old = self.models.pop(role, None)
+        if old is not None:
+            self.metrics.model_changed(role, old.version, None)
+            await old.batcher.stop()
+
+    async def close(self) -> None:
+        for role in list(self.models):
+            await self.unload(role)
+
+    def wants_candidate(self) -> bool:
+        return self.routing.mode != "off"
+
+
+class RegistryWatcher:
+    """Follows the registry's aliases and loads whatever they point at."""
+
+    def __init__(self, pool: ModelPool, config: ServiceConfig) -> None:
+        self.pool = pool
+        self.config = config
+        self.bundles = config.state_dir / "bundles" / config.model_name
+        self._store = None
+        self._task: asyncio.Task | None = None
+
+    async def sync(self) -> None:
+        """Load the champion (and the candidate when routing wants one) if they moved."""
+        wanted = {CHAMPION: await self._alias(CHAMPION)}
+        if self.pool.wants_candidate():
+            wanted[CANDIDATE] = await self._alias(self.config.candidate_alias)
+        if wanted.get(CANDIDATE) == wanted[CHAMPION]:
+            wanted[CANDIDATE] = None  # the candidate was promoted: nothing to compare
+        for role in (CHAMPION, CANDIDATE):
+            version, current = wanted.get(role), self.pool.get(role)
+            if version is None:
+                if role == CANDIDATE and current is not None:
+                    await self.pool.unload(role)
+                continue
+            if current is None or current.version != version:
+                folder = await asyncio.to_thread(self._download, version)
+                await self.pool.load(role, folder)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval_s)
+            await self.sync_reporting()
+
+    async def sync_reporting(self) -> None:
+        """sync(), keeping the current models and recording the error when it fails."""
+        try:
+            await self.sync()
+            self.pool.last_error = None
+        except Exception as err:  # registry down, bundle altered: keep serving what we have
+            self.pool.last_error = f"model reload failed: {type(err).__name__}: {err}"
+            log.warning(self.pool.last_error)
+
+    async def _alias(self, alias: str) -> str | None:
+        return await asyncio.to_thread(alias_version, self._client(), self.config.model_name, alias)
+
+    def _client(self):
+        if self._store is None:
+            self._store = open_store(self.config.tracking_uri)
+        return self._store.client
+
+    def _download(self, version: str) -> Path:
+        dest = self.bundles / f"v{version}"
+        return download_bundle(self._client(), self.config.model_name, version, dest)

@@ -1,0 +1,47 @@
+"""Everything one running service holds: settings, models, the log, images, the index."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from service.config import ServiceConfig
+from service.image_store import ImageStore
+from service.inspection_log import InspectionLog
+from service.metrics import ServiceMetrics
+from service.models import ModelPool, RegistryWatcher
+from service.similar import SimilarDefects
+
+
+@dataclass
+class ServiceState:
+    config: ServiceConfig
+    metrics: ServiceMetrics
+    pool: ModelPool
+    log: InspectionLog
+    images: ImageStore
+    similar: SimilarDefects
+    watcher: RegistryWatcher | None = None
+    background: set[asyncio.Task] = field(default_factory=set)
+    pending_embeddings: list = field(default_factory=list)
+
+    @classmethod
+    def build(cls, config: ServiceConfig) -> ServiceState:
+        metrics = ServiceMetrics()
+        pool = ModelPool(config, metrics)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            config=config,
+            metrics=metrics,
+            pool=pool,
+            log=InspectionLog(config.log_url),
+            images=ImageStore(config.state_dir / "images"),
+            similar=SimilarDefects(config.similar_location),
+            watcher=None if config.bundle else RegistryWatcher(pool, config),
+        )
+
+    def spawn(self, coroutine) -> None:
+        """Run a coroutine in the background, holding a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
