@@ -127,9 +127,8 @@ def export_feedback(out_dir, since, state_dir, database_url) -> None:
     """Write the confirmed and overridden dies as a labelled split (the retraining queue)."""
     from datetime import datetime
 
-    from service.feedback_export import export_feedback as export
-
     from service.config import from_env
+    from service.feedback_export import export_feedback as export
     from service.image_store import ImageStore
     from service.inspection_log import InspectionLog
 
