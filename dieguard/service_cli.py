@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -51,6 +52,8 @@ def serve(host, port, bundle, model_name, tracking_uri, state_dir, database_url)
     import uvicorn
 
     from service.app import create_app
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from service.config import from_env
 
     options = {"model_name": model_name, "tracking_uri": tracking_uri, "bundle": bundle}

@@ -39,7 +39,10 @@ class InspectResponse(BaseModel):
     flagged: bool = Field(description="Defect probability reached the model's threshold")
     defect_probability: float = Field(description="1 - P(good)")
     probabilities: dict[str, float]
-    attention_heatmap: str = Field(description="Base64 PNG: the die with region attention")
+    attention_heatmap: str = Field(
+        description="Base64 PNG, RGBA at the image's size: the region attention as a "
+        "transparent layer to draw over the die image"
+    )
     anomalous_parameters: list[dict] = Field(
         description="Parameters beyond the sigma limit: name, value, unit, z, step"
     )

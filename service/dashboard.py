@@ -217,7 +217,9 @@ def _similar(similar, record: dict) -> tuple[list[dict], str]:
 
 def _feedback_for(inspection_log, record: dict) -> list[dict]:
     """Feedback given on this inspection of the die, oldest first."""
-    rows = inspection_log.feedback(latest_only=False, since=record["received_at"])
+    rows = inspection_log.feedback(
+        latest_only=False, since=record["received_at"], die_id=record["die_id"]
+    )
     return [r for r in rows if r["inspection_id"] == record["inspection_id"]]
 
 

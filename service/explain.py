@@ -85,26 +85,46 @@ def heatmap_png(image: np.ndarray, region_map: np.ndarray, alpha: float = 0.45) 
         PNG bytes of size (H, W); the image itself when K == 1 or the map is all zero.
     """
     image = _check_image(image)
+    level = _attention_levels(region_map, image.shape[0], image.shape[1], alpha)
+    if level is None:
+        return _encode_png(image)
+    weight = (alpha / 255.0) * level[..., None].astype(np.float32)  # H, W, 1
+    blended = image * (1.0 - weight) + _LUT[level] * weight
+    return _encode_png(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def overlay_png(region_map: np.ndarray, size: int, alpha: float = 0.45) -> bytes:
+    """The region attention alone as a transparent RGBA layer of side `size`, as PNG.
+
+    Drawn over the die image it gives `heatmap_png`; it is a few KB where the composite is
+    ~100 KB, so it is what the API returns for every die. Fully transparent when K == 1.
+    """
+    level = _attention_levels(region_map, size, size, alpha)
+    if level is None:
+        level = np.zeros((size, size), np.uint8)
+    rgba = np.empty((size, size, 4), np.uint8)
+    rgba[..., :3] = np.rint(_LUT[level]).astype(np.uint8)
+    rgba[..., 3] = np.rint(level * alpha).astype(np.uint8)
+    return _encode_png(rgba)
+
+
+def overlay_base64(region_map: np.ndarray, size: int, alpha: float = 0.45) -> str:
+    """`overlay_png` as base64 text (for JSON)."""
+    return base64.b64encode(overlay_png(region_map, size, alpha)).decode("ascii")
+
+
+def _attention_levels(region_map, H: int, W: int, alpha: float) -> np.ndarray | None:
+    """Attention upsampled to (H, W) as uint8 levels 0-255 of its peak; None when flat."""
     weights = _check_region_map(region_map)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     g = region_grid(weights.size)
     peak = float(weights.max())
     if g == 1 or peak <= 0.0:
-        return _encode_png(image)
-    H, W, _ = image.shape
+        return None
     grid = Image.fromarray((weights / peak).reshape(g, g).astype(np.float32))
-    heat = np.asarray(grid.resize((W, H), Image.Resampling.BILINEAR), np.float64)
-    heat = np.clip(heat, 0.0, 1.0)  # H, W attention in [0, 1]
-    colors = _colormap(heat)  # H, W, 3
-    weight = (alpha * heat)[..., None]  # H, W, 1
-    blended = image.astype(np.float64) * (1.0 - weight) + colors * weight
-    return _encode_png(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
-
-
-def heatmap_base64(image: np.ndarray, region_map: np.ndarray, alpha: float = 0.45) -> str:
-    """`heatmap_png` as base64 text (for JSON and inline HTML)."""
-    return base64.b64encode(heatmap_png(image, region_map, alpha)).decode("ascii")
+    heat = np.asarray(grid.resize((W, H), Image.Resampling.BILINEAR), np.float32)
+    return np.rint(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -130,9 +150,13 @@ def _colormap(values: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
+_LUT = _colormap(np.linspace(0.0, 1.0, 256)).astype(np.float32)  # 256, 3
+
+
 def _encode_png(image: np.ndarray) -> bytes:
+    """Fast PNG (level 1): the heatmap is made for every inspected die."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

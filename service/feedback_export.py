@@ -32,7 +32,8 @@ from model.schema import (
     parameter_names,
 )
 from service.image_store import ImageStore
-from service.inspection_log import InspectionLog, as_utc
+from service.inspection_log import InspectionLog
+from service.log_tables import as_utc
 
 MANIFEST_FILE = "feedback_export.json"
 MANIFEST_KIND = "dieguard-feedback-export"

@@ -15,7 +15,7 @@ import uuid
 from model.schema import parameter_names
 from registry import CHAMPION
 from service.engine import DieOutput, ModelEngine
-from service.explain import anomalous_parameters, explain, heatmap_base64
+from service.explain import anomalous_parameters, explain, overlay_base64
 from service.models import CANDIDATE
 from service.records import DieInput
 from service.state import ServiceState
@@ -77,7 +77,7 @@ def response_body(die: DieInput, output: DieOutput, engine: ModelEngine, sigma: 
         "flagged": d.flagged,
         "defect_probability": round(d.defect_probability, 4),
         "probabilities": {k: round(v, 4) for k, v in d.probabilities.items()},
-        "attention_heatmap": heatmap_base64(die.image, output.region_map),
+        "attention_heatmap": overlay_base64(output.region_map, die.image.shape[0]),
         "anomalous_parameters": anomalies,
         "missing_parameters": list(die.missing_parameters),
         "explanation": text,

@@ -4,122 +4,46 @@
 writer thread stores batches (one transaction each), retrying with backoff while the
 database is unreachable. When the buffer overflows, the oldest records are dropped and
 counted in `status()`. Queries and feedback are synchronous: feedback is committed before
-`add_feedback` returns, or refused with `LogUnavailableError`.
+`add_feedback` returns, or refused with `LogUnavailableError`. The tables, engines and
+row conversions are in `service.log_tables`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
-import operator
 import threading
 import time
 from collections import deque
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from itertools import islice
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from model.schema import CLASS_NAMES, NUM_CLASSES
+from service.log_tables import (
+    DECISIONS,
+    FEEDBACK,
+    INSPECTIONS,
+    METADATA,
+    as_utc,
+    class_index,
+    decision_dict,
+    describe_error,
+    engine_url,
+    feedback_dict,
+    inspection_rows,
+    is_outage,
+    make_engine,
+    with_decisions,
+)
 
 log = logging.getLogger(__name__)
 
 VERDICTS = ("confirm", "override")
-METADATA = sa.MetaData()
-
-INSPECTIONS = sa.Table(
-    "inspections",
-    METADATA,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("inspection_id", sa.String, nullable=False, unique=True),
-    sa.Column("die_id", sa.String, nullable=False, index=True),
-    sa.Column("wafer_id", sa.String, nullable=False),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("image_ref", sa.String, nullable=False),
-    sa.Column("image_sha256", sa.String),
-    sa.Column("process_log", sa.JSON, nullable=False),
-    sa.Column("missing_parameters", sa.JSON, nullable=False),
-    sa.Column("operator_notes", sa.Text, nullable=False),
-    sa.Column("metadata", sa.JSON, nullable=False),
-    sa.Column("route", sa.String, nullable=False),
-    sa.Column("served_by", sa.String, nullable=False),
-    sa.Column("defect_class", sa.Integer, nullable=False),
-    sa.Column("class_name", sa.String, nullable=False),
-    sa.Column("confidence", sa.Float, nullable=False),
-    sa.Column("flagged", sa.Boolean, nullable=False),
-    sa.Column("model_version", sa.String, nullable=False),
-    sa.Column("model_kind", sa.String, nullable=False),
-    sa.Column("anomalous_parameters", sa.JSON, nullable=False),
-    sa.Column("explanation", sa.Text, nullable=False),
-    sa.Column("region_map", sa.JSON, nullable=False),
-    sa.Column("latency_ms", sa.Float),
-)
-
-DECISIONS = sa.Table(
-    "decisions",
-    METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "inspection_id",
-        sa.String,
-        sa.ForeignKey("inspections.inspection_id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    sa.Column("die_id", sa.String, nullable=False),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("role", sa.String, nullable=False),
-    sa.Column("model_version", sa.String, nullable=False),
-    sa.Column("model_kind", sa.String, nullable=False),
-    sa.Column("defect_class", sa.Integer, nullable=False),
-    sa.Column("class_name", sa.String, nullable=False),
-    sa.Column("confidence", sa.Float),
-    sa.Column("defect_probability", sa.Float),
-    sa.Column("flagged", sa.Boolean, nullable=False),
-    sa.Column("probabilities", sa.JSON, nullable=False),
-    sa.Column("latency_ms", sa.Float),
-)
-
-FEEDBACK = sa.Table(
-    "feedback",
-    METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("feedback_key", sa.String(64), nullable=False, unique=True),
-    sa.Column("die_id", sa.String, nullable=False, index=True),
-    sa.Column(
-        "inspection_id", sa.String, sa.ForeignKey("inspections.inspection_id"), nullable=False
-    ),
-    sa.Column("verdict", sa.String, nullable=False),
-    sa.Column("true_class", sa.Integer),
-    sa.Column("predicted_class", sa.Integer, nullable=False),
-    sa.Column("label", sa.Integer, nullable=False),
-    sa.Column("operator", sa.String, nullable=False),
-    sa.Column("comment", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
-)
-
-REQUIRED = (
-    "inspection_id", "die_id", "wafer_id", "received_at", "image_ref", "process_log", "route",
-    "served_by", "defect_class", "class_name", "confidence", "flagged", "model_version",
-    "model_kind", "decisions",
-)  # fmt: skip
-OPTIONAL = {
-    "image_sha256": None,
-    "missing_parameters": [],
-    "operator_notes": "",
-    "metadata": {},
-    "anomalous_parameters": [],
-    "explanation": "",
-    "region_map": [],
-    "latency_ms": None,
-}
-DECISION_REQUIRED = ("role", "model_version", "model_kind", "defect_class", "flagged")
 
 
 class InspectionLogError(Exception):
@@ -173,7 +97,7 @@ class InspectionLog:
         self.source = self.url.set(password=None).render_as_string(hide_password=False)
         self.capacity, self.batch_size = capacity, batch_size
         self.retry_initial, self.retry_max = retry_initial, retry_max
-        self._engine = _create_engine(self.url, connect_timeout)
+        self._engine = make_engine(self.url, connect_timeout)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -306,13 +230,13 @@ class InspectionLog:
         try:
             self._insert(batch)
         except Exception as err:
-            if _is_outage(err):
+            if is_outage(err):
                 raise
             for item in batch:
                 try:
                     self._insert([item])
                 except Exception as one_err:
-                    if _is_outage(one_err):
+                    if is_outage(one_err):
                         raise
                     log.error("inspection %s refused: %s", item.row["inspection_id"], one_err)
                     self._settle([item], refused=one_err)
@@ -341,7 +265,7 @@ class InspectionLog:
                 self._counts["dropped"] -= len(batch) - present
             else:
                 self._counts["rejected"] += present
-                self._last_error = f"record refused: {_describe(refused)}"
+                self._last_error = f"record refused: {describe_error(refused)}"
             self._database_ok = True
             self._cond.notify_all()
 
@@ -350,7 +274,7 @@ class InspectionLog:
             self._schema_ready = False  # e.g. the tables were dropped: create them again
         with self._cond:
             self._counts["failures"] += int(count)
-            self._last_error = _describe(err)
+            self._last_error = describe_error(err)
             self._database_ok = False
         log.warning("inspection log database unavailable: %s", self._last_error)
 
@@ -369,10 +293,10 @@ class InspectionLog:
             with self._engine.connect() as conn:
                 return read(conn)
         except exc.SQLAlchemyError as err:
-            if not _is_outage(err):
+            if not is_outage(err):
                 raise
             self._note_outage(err)
-            reason = f"inspection log database unavailable: {_describe(err)}"
+            reason = f"inspection log database unavailable: {describe_error(err)}"
             raise LogUnavailableError(reason) from err
 
     def _buffered(self, keep) -> list[dict]:
@@ -406,7 +330,7 @@ class InspectionLog:
             query = query.where(INSPECTIONS.c.flagged)
         if since is not None:
             query = query.where(INSPECTIONS.c.received_at >= since)
-        stored = self._query(lambda conn: _with_decisions(conn, query.limit(limit)))
+        stored = self._query(lambda conn: with_decisions(conn, query.limit(limit)))
         seen = {r["inspection_id"] for r in buffered}
         rows = buffered + [r for r in stored if r["inspection_id"] not in seen]
         return sorted(rows, key=lambda r: r["received_at"], reverse=True)[:limit]
@@ -425,7 +349,7 @@ class InspectionLog:
             return buffered[0]
         query = INSPECTIONS.select().where(column == value)
         query = query.order_by(INSPECTIONS.c.received_at.desc(), INSPECTIONS.c.seq.desc())
-        found = self._query(lambda conn: _with_decisions(conn, query.limit(1)))
+        found = self._query(lambda conn: with_decisions(conn, query.limit(1)))
         return found[0] if found else None
 
     def decisions(self, since: datetime | None = None) -> list[dict]:
@@ -436,7 +360,7 @@ class InspectionLog:
         query = DECISIONS.select().order_by(DECISIONS.c.received_at, DECISIONS.c.id)
         if since is not None:
             query = query.where(DECISIONS.c.received_at >= since)
-        stored = self._query(lambda conn: [_decision_dict(r) for r in conn.execute(query)])
+        stored = self._query(lambda conn: [decision_dict(r) for r in conn.execute(query)])
         seen = {r["inspection_id"] for r in buffered}
         rows = [d for d in stored if d["inspection_id"] not in seen]
         rows += [d for r in reversed(buffered) for d in r["decisions"]]
@@ -501,25 +425,28 @@ class InspectionLog:
             self._ensure_schema()
             with self._engine.begin() as conn:  # the insert first: no read lock to upgrade
                 new_id = conn.execute(FEEDBACK.insert().values(**row)).inserted_primary_key[0]
-            return _feedback_dict({**row, "id": new_id}), True
+            return feedback_dict({**row, "id": new_id}), True
         except exc.IntegrityError:
             key = FEEDBACK.c.feedback_key == row["feedback_key"]
             found = self._query(lambda conn: conn.execute(FEEDBACK.select().where(key)).first())
             if found is None:
                 raise
-            return _feedback_dict(found._mapping), False
+            return feedback_dict(found._mapping), False
         except exc.SQLAlchemyError as err:
-            if not _is_outage(err):
+            if not is_outage(err):
                 raise
             self._note_outage(err)
-            raise LogUnavailableError(f"feedback not stored: {_describe(err)}") from err
+            raise LogUnavailableError(f"feedback not stored: {describe_error(err)}") from err
 
-    def feedback(self, latest_only: bool = True, since: datetime | None = None) -> list[dict]:
+    def feedback(
+        self, latest_only: bool = True, since: datetime | None = None, die_id: str | None = None
+    ) -> list[dict]:
         """Stored feedback, oldest first, each with the label it implies.
 
         Args:
             latest_only: only the latest feedback of each die.
             since: only feedback given at or after this time.
+            die_id: only feedback on this die.
         """
         query = FEEDBACK.select().order_by(FEEDBACK.c.id)
         if latest_only:
@@ -527,77 +454,9 @@ class InspectionLog:
             query = query.where(FEEDBACK.c.id.in_(latest))
         if since is not None:
             query = query.where(FEEDBACK.c.created_at >= as_utc(since))
-        return self._query(lambda conn: [_feedback_dict(r._mapping) for r in conn.execute(query)])
-
-
-# --- records and rows -------------------------------------------------------------------
-
-
-def inspection_rows(record: dict) -> tuple[dict, list[dict]]:
-    """The inspections row and decisions rows of an inspection record.
-
-    Raises:
-        ValueError: a required field is absent or unreadable.
-    """
-    missing = [name for name in REQUIRED if name not in record]
-    if missing:
-        raise ValueError(f"inspection record lacks {', '.join(missing)}")
-    row = {name: record.get(name, default) for name, default in OPTIONAL.items()}
-    try:
-        row |= {
-            name: str(record[name])
-            for name in ("inspection_id", "die_id", "wafer_id", "image_ref", "route")
-            + ("served_by", "class_name", "model_version", "model_kind")
-        }
-        row |= {
-            "received_at": as_utc(record["received_at"]),
-            "process_log": dict(record["process_log"]),
-            "defect_class": _class_index(record["defect_class"]),
-            "confidence": float(record["confidence"]),
-            "flagged": bool(record["flagged"]),
-            "operator_notes": row["operator_notes"] or "",
-            "metadata": dict(row["metadata"] or {}),
-            "latency_ms": None if row["latency_ms"] is None else float(row["latency_ms"]),
-        }
-        decisions = [_decision_row(d, row) for d in record["decisions"]]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"inspection record of die {record['die_id']}: {err}") from err
-    return row, decisions
-
-
-def _decision_row(decision, inspection: dict) -> dict:
-    if dataclasses.is_dataclass(decision):
-        decision = dataclasses.asdict(decision)
-    missing = [name for name in DECISION_REQUIRED if name not in decision]
-    if missing:
-        raise ValueError(f"a decision lacks {', '.join(missing)}")
-    defect_class = _class_index(decision["defect_class"])
-    optional = (decision.get(k) for k in ("confidence", "defect_probability", "latency_ms"))
-    confidence, defect_probability, latency_ms = (None if v is None else float(v) for v in optional)
-    return {
-        "inspection_id": inspection["inspection_id"],
-        "die_id": inspection["die_id"],
-        "received_at": inspection["received_at"],
-        "role": str(decision["role"]),
-        "model_version": str(decision["model_version"]),
-        "model_kind": str(decision["model_kind"]),
-        "defect_class": defect_class,
-        "class_name": str(decision.get("class_name") or CLASS_NAMES[defect_class]),
-        "confidence": confidence,
-        "defect_probability": defect_probability,
-        "flagged": bool(decision["flagged"]),
-        "probabilities": decision.get("probabilities") or {},
-        "latency_ms": latency_ms,
-    }
-
-
-def _class_index(value) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"a class index is an integer, not {value!r}")
-    index = operator.index(value)
-    if not 0 <= index < NUM_CLASSES:
-        raise ValueError(f"class {index} is not one of 0-{NUM_CLASSES - 1}")
-    return index
+        if die_id is not None:
+            query = query.where(FEEDBACK.c.die_id == die_id)
+        return self._query(lambda conn: [feedback_dict(r._mapping) for r in conn.execute(query)])
 
 
 def _check_feedback(verdict, who, true_class, comment) -> tuple[str, str, int | None, str]:
@@ -609,7 +468,7 @@ def _check_feedback(verdict, who, true_class, comment) -> tuple[str, str, int | 
         raise FeedbackError(f"a comment is text, not {type(comment).__name__}")
     if true_class is not None:
         try:
-            true_class = _class_index(true_class)
+            true_class = class_index(true_class)
         except (TypeError, ValueError) as err:
             raise FeedbackError(f"true_class: {err}") from err
     elif verdict == "override":
@@ -617,107 +476,5 @@ def _check_feedback(verdict, who, true_class, comment) -> tuple[str, str, int | 
     return verdict, who.strip(), true_class, (comment or "").strip()
 
 
-def _with_decisions(conn, query) -> list[dict]:
-    rows = [_inspection_dict(r._mapping) for r in conn.execute(query)]
-    if rows:
-        ids = [r["inspection_id"] for r in rows]
-        by_id: dict[str, list[dict]] = {i: [] for i in ids}
-        found = DECISIONS.select().where(DECISIONS.c.inspection_id.in_(ids))
-        for d in conn.execute(found.order_by(DECISIONS.c.id)):
-            by_id[d.inspection_id].append(_decision_dict(d))
-        for r in rows:
-            r["decisions"] = by_id[r["inspection_id"]]
-    return rows
-
-
-def _inspection_dict(mapping) -> dict:
-    row = {k: v for k, v in mapping.items() if k != "seq"}
-    return row | {"received_at": as_utc(row["received_at"]), "stored": True}
-
-
 def _pending_dict(pending: _Pending) -> dict:
     return pending.row | {"decisions": [dict(d) for d in pending.decisions], "stored": False}
-
-
-def _decision_dict(row) -> dict:
-    d = {k: v for k, v in row._mapping.items() if k != "id"}
-    return d | {"received_at": as_utc(d["received_at"])}
-
-
-def _feedback_dict(mapping) -> dict:
-    d = {k: v for k, v in mapping.items() if k not in ("id", "feedback_key")}
-    d |= {"feedback_id": mapping["id"], "created_at": as_utc(mapping["created_at"])}
-    return d | {"label_name": CLASS_NAMES[d["label"]]}
-
-
-# --- database plumbing ------------------------------------------------------------------
-
-
-def engine_url(url: str) -> sa.URL:
-    """The SQLAlchemy URL of a database: ``postgresql://`` with the psycopg 3 driver."""
-    parsed = sa.make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
-
-
-def _create_engine(url: sa.URL, connect_timeout: float) -> sa.Engine:
-    def dumps(value) -> str:
-        return json.dumps(_jsonable(value), allow_nan=False)
-
-    if url.get_backend_name() != "sqlite":
-        args = {"connect_timeout": max(1, round(connect_timeout))}
-        return sa.create_engine(url, json_serializer=dumps, pool_pre_ping=True, connect_args=args)
-    if url.database and url.database != ":memory:":
-        with contextlib.suppress(OSError):  # an outage, reported when the writer connects
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, json_serializer=dumps, connect_args={"timeout": 30})
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    return engine
-
-
-def _is_outage(err: BaseException) -> bool:
-    """True for errors of reaching the database, False for a refused statement."""
-    if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
-        return True
-    outages = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
-    return isinstance(err, (*outages, exc.ProgrammingError))
-
-
-def _describe(err: BaseException) -> str:
-    orig = getattr(err, "orig", None) or err
-    text = str(orig).strip().splitlines()
-    return f"{type(orig).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _jsonable(value):
-    """Plain JSON values: numpy scalars and arrays as numbers and lists, NaN as null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return _jsonable(value.tolist())
-    return str(value)
-
-
-def as_utc(value: datetime | str) -> datetime:
-    """A tz-aware UTC datetime (a naive one is taken as UTC; ISO 8601 text is parsed)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        raise TypeError(f"a time is a datetime or ISO 8601 text, not {type(value).__name__}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

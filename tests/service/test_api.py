@@ -9,9 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from dieguard.cli import main
+from model.contract import read_split
 from model.schema import CLASS_NAMES, parameter_names
+from service.similar import index_split
 from tests.service.conftest import KEYS
 
 
@@ -34,7 +38,7 @@ def test_inspect_returns_the_decision_with_its_reasons(live_service, dies):
     assert body["model_version"] == "1" and body["decided_by"] == "champion"
     assert body["route"] == "off" and body["explanation"]
     heatmap = Image.open(io.BytesIO(base64.b64decode(body["attention_heatmap"])))
-    assert heatmap.format == "PNG" and heatmap.size == (256, 256)
+    assert heatmap.format == "PNG" and heatmap.size == (256, 256) and heatmap.mode == "RGBA"
     given = set(die.process_log)
     assert set(body["missing_parameters"]) == set(parameter_names()) - given
     for row in body["anomalous_parameters"]:
@@ -187,3 +191,39 @@ def test_the_openapi_document_describes_every_route(live_service):
     fields = spec["components"]["schemas"][ref]["properties"]
     assert {"image", "process_log", "die_id", "wafer_id", "operator_notes"} <= set(fields)
     assert "InspectResponse" in spec["components"]["schemas"]
+
+
+def test_feedback_exports_as_a_labelled_split(live_service, dies, tmp_path):
+    die = dies[21]
+    assert inspect(live_service, die).status_code == 200
+    feedback = {"die_id": die.die_id, "verdict": "override", "true_class": 3}
+    with live_service.client("operator") as client:
+        assert client.post("/api/v1/feedback", json=feedback).status_code == 201
+    out = tmp_path / "feedback"
+    state = str(live_service.config.state_dir)
+    result = CliRunner().invoke(main, ["export-feedback", "--out", str(out), "--state-dir", state])
+    assert result.exit_code == 0, result.output
+    split = read_split(out)
+    assert split.labels[split.ids.index(die.die_id)] == 3
+
+
+def test_similar_defects_of_an_indexed_die(live_service, dies, tiny_data, service_bundle):
+    similar = live_service.app.state.service.similar
+    assert index_split(similar, service_bundle, tiny_data, "val", "1") == len(dies)
+    defect = next(d for d in dies if d.label != 0)
+    with live_service.client("operator") as client:
+        found = client.get(f"/api/v1/similar/{defect.die_id}", params={"k": 3}).json()
+        unknown = client.get("/api/v1/similar/NO-SUCH-DIE")
+        bad_fab = client.get(f"/api/v1/similar/{defect.die_id}", params={"fab": "Z"})
+    rows = found["similar"]
+    assert found["model_version"] == "1" and 1 <= len(rows) <= 3
+    assert all(r["defect_class"] != 0 and r["die_id"] != defect.die_id for r in rows)
+    assert [r["distance"] for r in rows] == sorted(r["distance"] for r in rows)
+    assert unknown.status_code == 404 and bad_fab.status_code == 422
+
+
+def test_serving_without_keys_is_refused(monkeypatch):
+    monkeypatch.delenv("DIEGUARD_API_KEYS", raising=False)
+    monkeypatch.delenv("DIEGUARD_API_KEYS_FILE", raising=False)
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])
+    assert result.exit_code == 2 and "no API keys" in result.output

@@ -14,8 +14,9 @@ from model.schema import parameter_names, process_parameters
 from service.explain import (
     anomalous_parameters,
     explain,
-    heatmap_base64,
     heatmap_png,
+    overlay_base64,
+    overlay_png,
     region_grid,
     region_name,
 )
@@ -117,9 +118,19 @@ def test_alpha_zero_leaves_the_die():
     np.testing.assert_array_equal(_decode(heatmap_png(image, np.eye(1, 16)[0], 0.0)), image)
 
 
-def test_base64_is_the_same_png():
+def test_the_overlay_drawn_over_the_image_is_the_heatmap():
     image, weights = _die(32), np.linspace(0, 1, 16)
-    assert base64.b64decode(heatmap_base64(image, weights)) == heatmap_png(image, weights)
+    layer = np.asarray(Image.open(io.BytesIO(base64.b64decode(overlay_base64(weights, 32)))))
+    assert layer.shape == (32, 32, 4)
+    a = layer[..., 3:].astype(np.float64) / 255.0
+    drawn = image * (1 - a) + layer[..., :3] * a
+    composite = np.asarray(Image.open(io.BytesIO(heatmap_png(image, weights))), np.float64)
+    assert np.abs(drawn - composite).max() <= 3.0  # rounding of colours and alpha
+
+
+def test_a_vision_only_overlay_is_transparent():
+    layer = np.asarray(Image.open(io.BytesIO(overlay_png(np.ones(1), 32))))
+    assert layer.shape == (32, 32, 4) and not layer[..., 3].any()
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from service.inspection_log import (
-    METADATA,
     FeedbackError,
     InspectionLog,
     LogUnavailableError,
     UnknownDieError,
-    engine_url,
 )
+from service.log_tables import METADATA, engine_url
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 FAST = {"retry_initial": 0.05, "retry_max": 0.2, "connect_timeout": 2}
