@@ -132,7 +132,7 @@ async def similar_defects(
     die_id: str,
     _: OperatorKey,
     k: Annotated[int, Query(ge=1, le=100)] = 5,
-    defect_class: Annotated[int | None, Query(ge=0, lt=NUM_CLASSES)] = None,
+    defect_class: Annotated[int | None, Query(ge=1, lt=NUM_CLASSES, description="1-4")] = None,
     fab: Annotated[Literal[FABS] | None, Query()] = None,  # type: ignore[valid-type]
 ) -> dict:
     """The nearest past defects to a die, in the embedding space of the model that saw it."""
@@ -146,6 +146,8 @@ async def similar_defects(
         raise HTTPException(404, f"die {die_id} is not in the index of model v{version}") from err
     except NoIndexError as err:
         raise HTTPException(409, str(err)) from err
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from err
     return {"die_id": die_id, "model_version": version, "similar": rows}
 
 
