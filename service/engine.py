@@ -51,7 +51,7 @@ class ModelEngine:
         self.note_len = int(inputs["note_ids"].shape[-1])
         info = _bundle_info(self.folder)
         self.version = str(info.get("version", "local"))
-        self.kind = str(info.get("kind", "multimodal"))
+        self.kind = str(info.get("kind") or _kind_of(self.session))
         self.model_name = str(info.get("model_name", ""))
         self._names = parameter_names()
 
@@ -120,6 +120,12 @@ def _resized(image: np.ndarray, size: int) -> np.ndarray:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _kind_of(session) -> str:
+    """A bundle without a manifest: the vision-only baseline has a single region."""
+    regions = next(o for o in session.get_outputs() if o.name == "region_map").shape[-1]
+    return "baseline" if regions == 1 else "multimodal"
 
 
 def _bundle_info(folder: Path) -> dict:
