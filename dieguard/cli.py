@@ -239,9 +239,9 @@ def audit_command(model_name, version, tracking_uri, as_json) -> None:
 
 
 def _add_service_commands() -> None:
-    from dieguard.service_cli import COMMANDS
+    from dieguard import ops_cli, service_cli
 
-    for command in COMMANDS:
+    for command in (*service_cli.COMMANDS, *ops_cli.COMMANDS):
         main.add_command(command)
 
 

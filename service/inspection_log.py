@@ -335,6 +335,45 @@ class InspectionLog:
         rows = buffered + [r for r in stored if r["inspection_id"] not in seen]
         return sorted(rows, key=lambda r: r["received_at"], reverse=True)[:limit]
 
+    def window(
+        self,
+        start: datetime,
+        end: datetime,
+        fields: tuple[str, ...] | None = None,
+        limit: int | None = None,
+    ) -> list[dict]:
+        """The inspections received in [start, end), oldest first, without their decisions
+        (buffered ones too), for monitoring.
+
+        Args:
+            fields: the inspection columns to return (default: all); inspection_id and
+                received_at always come.
+            limit: at most this many, drawn at random when the window holds more.
+        Raises:
+            ValueError: an unknown field.
+        """
+        start, end = as_utc(start), as_utc(end)
+        names = [c.name for c in INSPECTIONS.c if c.name != "seq"]
+        wanted = names if fields is None else ["inspection_id", "received_at", *fields]
+        if unknown := sorted(set(wanted) - set(names)):
+            raise ValueError(f"inspections have no field {', '.join(unknown)}")
+        wanted = list(dict.fromkeys(wanted))
+        at = INSPECTIONS.c.received_at
+        query = sa.select(*(INSPECTIONS.c[n] for n in wanted)).where(at >= start, at < end)
+        if limit is not None:
+            query = query.order_by(sa.func.random()).limit(limit)
+        stored = self._query(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
+        rows = {r["inspection_id"]: r | {"received_at": as_utc(r["received_at"])} for r in stored}
+        for r in self._buffered(lambda row: start <= row["received_at"] < end):
+            rows.setdefault(r["inspection_id"], {n: r[n] for n in wanted})
+        found = list(rows.values())
+        if limit is not None and len(found) > limit:
+            found = sorted(
+                found, key=lambda r: hashlib.sha256(r["inspection_id"].encode()).digest()
+            )
+            found = found[:limit]
+        return sorted(found, key=lambda r: r["received_at"])
+
     def get(self, die_id: str) -> dict | None:
         """The latest inspection of a die with its decisions (a buffered one too), or None."""
         return self._latest(INSPECTIONS.c.die_id, "die_id", die_id)

@@ -5,6 +5,13 @@ shadow mode the candidate (the `challenger` alias) runs on every die and the cha
 decides; in canary mode the candidate decides the share of dies whose stable die-id hash
 falls under `canary_share`. Both decisions are logged either way. A watcher re-reads the
 aliases and swaps models in place when one moves: no restart, no request lost.
+
+The registry's rollout state (registry.rollout_state, written by the rollout flow) steers
+routing: whenever it changes, the next sync sets the mode and share it names, and while it
+is present the candidate is the version it names. When it disappears (promotion, rollback,
+stop), routing goes back to off: the champion alone. An admin change (PUT
+/api/v1/admin/routing) holds until the rollout state next changes, for good when there is
+none; to stop a rollout for good, clear its state (registry.rollout_state.clear_rollout).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 
 from registry import CHAMPION, download_bundle, open_store
 from registry.aliases import alias_version
+from registry.rollout_state import rollout_state
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
 from service.engine import ModelEngine
@@ -121,12 +129,18 @@ class RegistryWatcher:
         self.bundles = config.state_dir / "bundles" / config.model_name
         self._store = None
         self._task: asyncio.Task | None = None
+        self._rollout: dict | None = None  # the registry's rollout state at the last sync
 
     async def sync(self) -> None:
-        """Load the champion (and the candidate when routing wants one) if they moved."""
+        """Follow the rollout state, then load the champion (and the candidate when routing
+        wants one: the rollout's version, else the candidate alias's) if they moved."""
+        await self._follow_rollout()
         wanted = {CHAMPION: await self._alias(CHAMPION)}
         if self.pool.wants_candidate():
-            wanted[CANDIDATE] = await self._alias(self.config.candidate_alias)
+            rollout = self._rollout
+            wanted[CANDIDATE] = (
+                rollout["version"] if rollout else await self._alias(self.config.candidate_alias)
+            )
         if wanted.get(CANDIDATE) == wanted[CHAMPION]:
             wanted[CANDIDATE] = None  # the candidate was promoted: nothing to compare
         for role in (CHAMPION, CANDIDATE):
@@ -160,6 +174,15 @@ class RegistryWatcher:
         except Exception as err:  # registry down, bundle altered: keep serving what we have
             self.pool.last_error = f"model reload failed: {type(err).__name__}: {err}"
             log.warning(self.pool.last_error)
+
+    async def _follow_rollout(self) -> None:
+        """Routing from the registry's rollout state when it changed (off when it went away)."""
+        state = await asyncio.to_thread(rollout_state, self._client(), self.config.model_name)
+        if state != self._rollout:
+            routing = Routing(state["mode"], state["share"]) if state else Routing()
+            log.info("rollout state: routing %s %.0f%%", routing.mode, 100 * routing.share)
+            self.pool.routing = routing
+        self._rollout = state
 
     async def _alias(self, alias: str) -> str | None:
         return await asyncio.to_thread(alias_version, self._client(), self.config.model_name, alias)

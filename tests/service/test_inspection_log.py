@@ -154,6 +154,40 @@ def test_decisions_rows_for_shadow_comparison(log):
     assert log.decisions(since=T0 + timedelta(days=1)) == []
 
 
+def test_window_returns_one_time_range_oldest_first(log):
+    hours = [0, 1, 2, 3]
+    for h in hours:
+        log.record(make_record(f"A-L0001-W01-D00{h}", at=T0 + timedelta(hours=h), latency_ms=h))
+    assert log.flush(10)
+    rows = log.window(T0 + timedelta(hours=1), T0 + timedelta(hours=3))  # [start, end)
+    assert [r["die_id"] for r in rows] == ["A-L0001-W01-D001", "A-L0001-W01-D002"]
+    assert rows[0]["process_log"] == {"etch_rate": 101.5, "chamber_pressure": 3.2}
+    assert rows[0]["received_at"] == T0 + timedelta(hours=1) and "decisions" not in rows[0]
+    slim = log.window(T0, T0 + timedelta(days=1), fields=("latency_ms", "flagged"))
+    assert set(slim[0]) == {"inspection_id", "received_at", "latency_ms", "flagged"}
+    assert [r["latency_ms"] for r in slim] == [0.0, 1.0, 2.0, 3.0]
+    sample = log.window(T0, T0 + timedelta(days=1), fields=("die_id",), limit=2)
+    assert len(sample) == 2 and sample[0]["received_at"] < sample[1]["received_at"]
+    with pytest.raises(ValueError, match="no field password"):
+        log.window(T0, T0 + timedelta(hours=1), fields=("password",))
+
+
+def test_window_includes_buffered_records(log_url):
+    log = InspectionLog(log_url, **FAST)  # not started: the record stays buffered
+    record = make_record()
+    log.record(record)
+    rows = log.window(T0, T0 + timedelta(minutes=1), fields=("operator_notes",))
+    assert rows == [
+        {
+            "inspection_id": record["inspection_id"],
+            "received_at": T0,
+            "operator_notes": "faint line near the edge",
+        }
+    ]
+    assert log.window(T0 + timedelta(minutes=1), T0 + timedelta(hours=1)) == []
+    log.close(timeout=0.5)
+
+
 def test_buffered_record_is_visible_and_takes_feedback(log_url):
     log = InspectionLog(log_url, **FAST)  # not started: the record stays buffered
     record = make_record()

@@ -1,0 +1,126 @@
+"""Production commands: the staged rollout of a challenger, and the hourly monitor."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from dieguard.service_cli import MODEL_NAME, TRACKING
+
+LOG_URL = click.option(
+    "--log-url",
+    envvar="DIEGUARD_DATABASE_URL",
+    default="sqlite:///runs/service/inspections.db",
+    show_default=True,
+    help="The inspection log's database.",
+)
+
+
+@click.group()
+def rollout() -> None:
+    """The staged rollout of a challenger: start, status, stop."""
+
+
+@rollout.command(name="start", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--version", "version", default=None, help="Version to roll out (default: challenger)."
+)
+@click.option("--config", "config_path", type=click.Path(exists=True), default=None,
+              help="YAML of rollout settings (windows, stages, gates).")  # fmt: skip
+@MODEL_NAME
+@TRACKING
+@LOG_URL
+@click.argument("overrides", nargs=-1)
+def rollout_start(version, config_path, model_name, tracking_uri, log_url, overrides) -> None:
+    """Shadow the challenger, then let it decide 10/25/50/100% of dies; promote or roll back.
+
+    Overrides are `key=value` rollout settings, e.g. `stage_window_s=60`. Exits 3 when the
+    challenger was rolled back.
+    """
+    from flows.rollout import rollout as rollout_flow
+
+    result = rollout_flow(
+        model_name=model_name,
+        tracking_uri=tracking_uri,
+        log_url=log_url,
+        version=version,
+        config=config_path,
+        overrides=list(overrides),
+    )
+    click.echo(f"version {result['version']}: {result['outcome']} ({result['reason']})")
+    click.echo(f"champion: version {result['champion']}")
+    if result["outcome"] == "rolled-back":
+        raise SystemExit(3)
+
+
+@rollout.command(name="status")
+@MODEL_NAME
+@TRACKING
+def rollout_status(model_name, tracking_uri) -> None:
+    """The rollout in progress (version, mode, share, stage, since, reason), if any."""
+    from registry import open_store
+    from registry.rollout_state import rollout_state
+
+    state = rollout_state(open_store(tracking_uri).client, model_name)
+    click.echo(json.dumps(state, indent=2, default=str) if state else "no rollout in progress")
+
+
+@rollout.command(name="stop")
+@click.option("--reason", required=True, help="Why: recorded on the version.")
+@MODEL_NAME
+@TRACKING
+def rollout_stop(reason, model_name, tracking_uri) -> None:
+    """Stop the rollout now: the champion alone serves again; the flow ends at its next check."""
+    from registry import open_store
+    from registry.rollout_state import clear_rollout, rollout_state
+
+    client = open_store(tracking_uri).client
+    if rollout_state(client, model_name) is None:
+        raise click.ClickException("no rollout in progress")
+    clear_rollout(client, model_name, f"stopped by an operator: {reason}")
+    click.echo("rollout stopped; the champion serves every die")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@LOG_URL
+@click.option("--image-store", default="runs/service/images", show_default=True)
+@click.option("--reference-dir", default="data/default/train", show_default=True,
+              help="The champion's training split.")  # fmt: skip
+@click.option("--similar-uri", default="runs/service/similar", show_default=True)
+@click.option("--model-version", default=None, help="Whose embeddings (default: most served).")
+@click.option("--report-dir", default="runs/monitor", show_default=True)
+@click.option("--no-retrain", is_flag=True, help="Report sustained drift, start no retrain.")
+@click.argument("thresholds", nargs=-1)
+def monitor(log_url, image_store, reference_dir, similar_uri, model_version, report_dir,
+            no_retrain, thresholds) -> None:  # fmt: skip
+    """One monitoring check now: 24 h figures and alerts, the last hour's drift, the trigger.
+
+    Thresholds are `key=value` monitor settings, e.g. `max_fpr=0.2`.
+    """
+    from flows.monitor import RETRAIN_DEPLOYMENT
+    from flows.monitor import monitor as monitor_flow
+
+    changes = {}
+    for item in thresholds:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"{item!r} is not key=value")
+        changes[key] = float(value)
+    result = monitor_flow(
+        log_url=log_url,
+        image_store=image_store,
+        reference_dir=reference_dir,
+        similar_uri=similar_uri,
+        model_version=model_version,
+        report_dir=report_dir,
+        thresholds=changes or None,
+        retrain_deployment="" if no_retrain else RETRAIN_DEPLOYMENT,
+    )
+    click.echo(json.dumps({k: result[k] for k in ("alerts", "drifted", "sustained", "retrain")},
+                          default=str))  # fmt: skip
+    for name, path in result["reports"].items():
+        click.echo(f"  {name:10s} {path}")
+
+
+COMMANDS = (rollout, monitor)

@@ -1,0 +1,100 @@
+"""The hourly monitor: rolling escape rate, FPR, latency and notes; drift; the retrain trigger.
+
+Run it once with `python -m flows.monitor`; every hour, as the `drift-monitor` deployment in
+prefect.yaml. When a drift family has been flagged for more than 6 consecutive hours
+(monitoring.history), it starts the `weekly-retrain` deployment, unless a run of it is
+already in progress.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from monitoring.config import MonitorConfig
+from service.log_tables import as_utc
+from tasks.monitor import (
+    measure_window,
+    measure_window_drift,
+    publish_checks,
+    record_checks,
+    start_retrain,
+)
+from tasks.reports import publish_report
+
+RETRAIN_DEPLOYMENT = "weekly-retrain/weekly-retrain"
+
+
+@flow(name="drift-monitor", log_prints=True)
+def monitor(
+    log_url: str = "sqlite:///runs/service/inspections.db",
+    image_store: str | None = "runs/service/images",
+    reference_dir: str = "data/default/train",
+    similar_uri: str | None = None,
+    model_version: str | None = None,
+    report_dir: str = "runs/monitor",
+    now: datetime | None = None,
+    thresholds: dict[str, float] | None = None,
+    history_url: str | None = None,
+    retrain_deployment: str = RETRAIN_DEPLOYMENT,
+    retrain_parameters: dict | None = None,
+) -> dict:
+    """Check the last 24 h of served decisions and the last hour's drift; retrain on
+    sustained drift.
+
+    Args:
+        log_url: the inspection log's database.
+        image_store: the service's image store folder (None: no image drift).
+        reference_dir: the champion's training split (dataset contract).
+        similar_uri, model_version: the similar-defect store and the version whose
+            embeddings to compare (default version: the one that served most of the hour).
+        report_dir: the Evidently HTML reports go to `<report_dir>/<check time>/`.
+        now: the check's time (default: the clock).
+        thresholds: MonitorConfig fields to change, e.g. {"max_escape": 0.01}.
+        history_url: the history's database (default: the inspection log's).
+        retrain_deployment: the deployment to start, `<flow>/<deployment>` ("": none, the
+            sustained drift is only reported).
+        retrain_parameters: parameters of that run (default: the deployment's).
+    Returns:
+        alerts, drifted families, sustained metrics, the retrain (or None), report paths.
+    """
+    log = get_run_logger()
+    now = datetime.now(UTC) if now is None else as_utc(now)
+    cfg = MonitorConfig.from_overrides(thresholds)
+    folder = Path(report_dir) / f"{now:%Y%m%dT%H%M%SZ}"
+    window = measure_window(log_url, now, cfg)
+    drift = measure_window_drift(
+        log_url, now, cfg, reference_dir, image_store, folder, similar_uri, model_version
+    )
+    publish_checks(window, drift)
+    reports = {f.name: f.report for f in drift.families.values() if f.report}
+    for name, path in reports.items():
+        publish_report(path, f"drift-{name}", f"Evidently drift report: {name}")
+    for alert in window.alerts:
+        log.warning("ALERT %s", alert.message)
+    sustained = record_checks(history_url or log_url, [window, drift], now, cfg)
+    retrain = None
+    if sustained and retrain_deployment:
+        reason = (
+            f"{', '.join(sustained)} above threshold in more than {cfg.sustained_hours:g} "
+            f"consecutive hourly checks (last at {now:%Y-%m-%d %H:%M} UTC)"
+        )
+        retrain = start_retrain(
+            retrain_deployment, sustained, reason, str(folder.resolve()),
+            history_url or log_url, now, retrain_parameters,
+        )  # fmt: skip
+    return {
+        "alerts": [a.name for a in window.alerts],
+        "drifted": drift.drifted,
+        "sustained": sustained,
+        "retrain": retrain,
+        "reports": reports,
+        "window": window.as_dict(),
+        "drift": drift.as_dict(),
+    }
+
+
+if __name__ == "__main__":
+    monitor()

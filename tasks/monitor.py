@@ -1,0 +1,212 @@
+"""Monitoring tasks: read the windows, measure, publish, remember, and start a retrain.
+
+A retrain is started through its Prefect deployment only when no run of that deployment is
+in progress (scheduled, pending, running, paused for approval or cancelling): a monitor
+that finds one records it as the retrain of this episode instead of starting another.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import MarkdownArtifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.deployments import run_deployment
+
+from monitoring.config import MonitorConfig
+from monitoring.drift import DriftResult, measure_drift
+from monitoring.history import History
+from monitoring.windows import WindowReport, window_report
+from service.inspection_log import InspectionLog
+
+IN_PROGRESS = (
+    StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED,
+    StateType.CANCELLING,
+)  # fmt: skip
+WINDOW_FIELDS = ("flagged", "latency_ms", "operator_notes", "model_version")
+DRIFT_FIELDS = ("die_id", "process_log", "operator_notes", "image_ref", "model_version")
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+def measure_window(log_url: str, now: datetime, config: MonitorConfig) -> WindowReport:
+    """The rolling performance figures and alerts of the window ending at `now`."""
+    start = now - timedelta(hours=config.window_hours)
+    log = InspectionLog(log_url)
+    try:
+        rows = log.window(start, now, fields=WINDOW_FIELDS)
+        feedback = log.feedback(latest_only=True, since=start)
+    finally:
+        log.close()
+    return window_report(rows, feedback, now, config)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+def measure_window_drift(
+    log_url: str,
+    now: datetime,
+    config: MonitorConfig,
+    reference_dir: str,
+    image_root: str | None,
+    report_dir: Path,
+    similar_uri: str | None = None,
+    model_version: str | None = None,
+) -> DriftResult:
+    """The drift of the last drift window against the reference, with its HTML reports."""
+    start = now - timedelta(hours=config.drift_window_hours)
+    log = InspectionLog(log_url)
+    try:
+        rows = log.window(start, now, fields=DRIFT_FIELDS, limit=config.max_current_dies)
+    finally:
+        log.close()
+    return measure_drift(
+        rows, reference_dir, image_root, report_dir, now, config, similar_uri, model_version
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def record_checks(history_url: str, results: list, now: datetime, config: MonitorConfig) -> list:
+    """Append the results to the history; the drift metrics sustained at `now`."""
+    history = History(history_url)
+    try:
+        for result in results:
+            history.append(result)
+        drift = [c.metric for r in results if isinstance(r, DriftResult) for c in r.checks()]
+        return [
+            m
+            for m in drift
+            if history.sustained(m, now, config.sustained_hours, config.max_gap_hours)
+        ]
+    finally:
+        history.close()
+
+
+@task(cache_policy=NO_CACHE)
+def publish_checks(window: WindowReport, drift: DriftResult) -> str:
+    """A markdown artifact: the alerts, the window's figures, the drift per family."""
+    markdown = monitor_markdown(window, drift)
+    create_markdown_artifact(markdown, key="monitor-checks", description="Hourly monitor")
+    return markdown
+
+
+@task(cache_policy=NO_CACHE)
+def start_retrain(
+    deployment: str,
+    metrics: list[str],
+    reason: str,
+    report: str,
+    history_url: str,
+    now: datetime,
+    parameters: dict | None = None,
+) -> dict:
+    """Start the retraining deployment unless a run of it is in progress.
+
+    Returns:
+        {"started": bool, "flow_run_id": the new or the running run's id, "state": its state}
+    """
+    log = get_run_logger()
+    running = runs_in_progress(deployment)
+    if running:
+        run, started = running[0], False
+        log.info("retrain %s is already %s: none started", run.id, run.state_name)
+    else:
+        run = run_deployment(
+            name=deployment,
+            parameters=parameters,
+            timeout=0,
+            flow_run_name=f"drift-{now:%Y%m%dT%H%M}",
+            tags=["drift-triggered", *(f"drift:{m.removeprefix('drift_')}" for m in metrics)],
+            idempotency_key=f"drift-monitor:{deployment}:{now:%Y%m%dT%H}",
+        )
+        started = True
+        why = f"## Started by the drift monitor\n\n{reason}\n\nReport: `{report}`"
+        MarkdownArtifact(
+            markdown=why, key="retrain-reason", description=reason, flow_run_id=run.id
+        ).create()
+        log.warning("drift sustained (%s): started retrain %s", ", ".join(metrics), run.id)
+    history = History(history_url)
+    try:
+        history.record_trigger(now, metrics, reason, report, run.id, started)
+    finally:
+        history.close()
+    return {"started": started, "flow_run_id": str(run.id), "state": run.state_name}
+
+
+def runs_in_progress(deployment: str) -> list:
+    """The deployment's flow runs that are scheduled, pending, running, paused or cancelling."""
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(deployment)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[found.id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_PROGRESS))),
+            )
+        )
+    return list(runs)
+
+
+def monitor_markdown(window: WindowReport, drift: DriftResult) -> str:
+    """The check as markdown: alerts first, then the figures and the drift table."""
+    e, f, lat, m = window.escape, window.fpr, window.latency_ms, window.missing_notes
+    lines = [f"## Monitor check at {window.end:%Y-%m-%d %H:%M} UTC", ""]
+    lines += [f"- **ALERT** {a.message}" for a in window.alerts] or ["No alerts."]
+    lines += [
+        "",
+        f"Last {(window.end - window.start) / timedelta(hours=1):g} h: {window.inspections} "
+        f"inspections, {window.labelled} labelled.",
+        "",
+        "| figure | value | count | 95% interval |",
+        "| --- | --- | --- | --- |",
+        f"| escape rate | {_pct(e['rate'])} | {e['k']}/{e['n']} | {_interval(e)} |",
+        f"| FPR | {_pct(f['rate'])} | {f['k']}/{f['n']} | {_interval(f)} |",
+        f"| latency p50/p95/p99 ms | {_ms(lat)} | {lat['n']} | |",
+        f"| inspections without notes | {_pct(m['rate'])} | {m['k']}/{m['n']} | |",
+        "",
+        f"Drift of the last {(drift.end - drift.start) / timedelta(hours=1):g} h ({drift.dies} "
+        "dies) against the reference:",
+        "",
+        "| family | score | threshold | drifted | details |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for fam in drift.families.values():
+        score = "-" if fam.score is None else f"{fam.score:.3f}"
+        verdict = "skipped" if fam.skipped else ("**yes**" if fam.drifted else "no")
+        lines.append(f"| {fam.name} | {score} | {fam.threshold:g} | {verdict} | {_detail(fam)} |")
+    return "\n".join(lines)
+
+
+def _detail(fam) -> str:
+    d = fam.details
+    if fam.skipped:
+        return fam.skipped
+    parts = []
+    if d.get("drifted_columns"):
+        parts.append("drifted: " + ", ".join(d["drifted_columns"][:8]))
+    if d.get("mean_shift_sigma"):
+        parts.append("mean beyond 3 sigma: " + ", ".join(d["mean_shift_sigma"]))
+    if "new_words" in d:
+        parts.append(f"new words ({d['new_word_share']:.1%}): " + ", ".join(d["new_words"]))
+    return "; ".join(parts)
+
+
+def _pct(value) -> str:
+    return "-" if value is None or value != value else f"{value:.2%}"
+
+
+def _interval(rate: dict) -> str:
+    return f"{_pct(rate['lo'])} to {_pct(rate['hi'])}"
+
+
+def _ms(lat: dict) -> str:
+    if not lat["n"]:
+        return "-"
+    return "/".join(f"{lat[k]:.0f}" for k in ("p50", "p95", "p99"))

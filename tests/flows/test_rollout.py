@@ -1,0 +1,273 @@
+"""The rollout state in a real MLflow store, and the rollout flow end to end under Prefect.
+
+The flow runs on a fake clock with zero-length windows; its `sleep` runs a simulated line:
+each wait inspects a batch of dies routed as the registry's rollout state says (as the
+service does), logs both models' decisions in a real SQLite inspection log, and has an
+operator label every die.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.rollout import rollout
+from model.schema import CLASS_NAMES
+from registry import CHALLENGER, CHAMPION, PREVIOUS, audit, format_audit, open_store, promote
+from registry.rollout_state import clear_rollout, rollout_state, set_rollout
+from service.inspection_log import InspectionLog
+from service.models import canary_bucket
+
+MODEL = "dieguard-rollout-tests"
+T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
+FAST = [  # zero-length windows; small label minimums; looser gates for a few hundred dies
+    "stages=[0.5, 1.0]",
+    "shadow_window_s=0",
+    "stage_window_s=0",
+    "check_interval_s=0",
+    "max_holds=6",
+    "min_labels=40",
+    "min_defective=20",
+    "max_escape=0.05",
+    "max_fpr=0.3",
+]
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def registry(tmp_path) -> str:
+    """A SQLite MLflow registry: version 1 champion, version 2 challenger."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client = open_store(uri).client
+    client.create_registered_model(MODEL)
+    for _ in range(2):
+        client.create_model_version(MODEL, source=str(tmp_path / "bundle"))
+    promote(client, MODEL, "1", "the first champion")
+    client.set_registered_model_alias(MODEL, CHALLENGER, "2")
+    return uri
+
+
+def aliases(uri: str) -> dict[str, str]:
+    model = open_store(uri).client.get_registered_model(MODEL)
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def test_rollout_state_round_trip_and_its_audit_events(registry):
+    client = open_store(registry).client
+    assert rollout_state(client, MODEL) is None and rollout_state(client, "no-such") is None
+    set_rollout(client, MODEL, "2", "shadow", 0.0, "shadow", "beside 1", now=T0)
+    state = set_rollout(client, MODEL, 2, "canary", 0.25, "25%", "stage two", now=T0)
+    assert rollout_state(client, MODEL) == state
+    assert state == {
+        "version": "2",
+        "mode": "canary",
+        "share": 0.25,
+        "stage": "25%",
+        "updated_at": "2026-03-02T06:00:00.000+00:00",
+        "reason": "stage two",
+    }
+    with pytest.raises(ValueError, match="mode"):
+        set_rollout(client, MODEL, "2", "everything", 1.0, "x", "no")
+    with pytest.raises(ValueError, match="share"):
+        set_rollout(client, MODEL, "2", "canary", 1.5, "x", "no")
+    cleared = clear_rollout(client, MODEL, "escapes", now=T0, kind="rollback", detail={"k": 3})
+    assert cleared == state and rollout_state(client, MODEL) is None
+    assert clear_rollout(client, MODEL, "again") is None
+    events = audit(client, MODEL, "2")["events"]
+    assert [e["kind"] for e in events] == ["rollout", "rollout", "rollback"]
+    assert events[1]["detail"] == {
+        "mode": "canary",
+        "share": 0.25,
+        "stage": "25%",
+        "reason": "stage two",
+        "time": "2026-03-02T06:00:00.000+00:00",
+    }
+    assert events[2]["detail"]["stage"] == "25%" and events[2]["detail"]["k"] == 3
+    assert "rollback" in format_audit(audit(client, MODEL, "2"))
+
+
+class Line:
+    """An inspection station and its operators, on a fake clock.
+
+    Each `sleep` inspects `batch` dies over one hour: every die is judged by both versions,
+    decided by the one the rollout state routes it to, logged, and labelled. Every other
+    die is defective; the champion is always right; from batch `bad_from` on, the
+    challenger passes one defective die in three.
+    """
+
+    def __init__(self, log_url: str, tracking_uri: str, batch: int = 200, bad_from=None):
+        self.log = InspectionLog(log_url, retry_initial=0.05).start()
+        self.client = open_store(tracking_uri).client
+        self.now, self.batch, self.bad_from, self.batches = T0, batch, bad_from, 0
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        state = rollout_state(self.client, MODEL)
+        step = timedelta(hours=1) / self.batch
+        dies = [self._inspect(i, self.now + i * step, state) for i in range(self.batch)]
+        assert self.log.flush(30)
+        for die_id, served, truth in dies:
+            verdict = "confirm" if served == truth else "override"
+            self.log.add_feedback(die_id, verdict, "op.kelly", None if served == truth else truth)
+        self.batches += 1
+        self.now += timedelta(hours=1, seconds=seconds)
+
+    def _inspect(self, i: int, at: datetime, state: dict | None) -> tuple[str, int, int]:
+        die_id = f"A-L{self.batches:04d}-W01-D{i:05d}"
+        truth = 0 if i % 2 else 1 + (i // 2) % 4
+        challenger = truth
+        bad = self.bad_from is not None and self.batches >= self.bad_from
+        if bad and truth and i % 3 == 0:
+            challenger = 0
+        mode, share = (state["mode"], state["share"]) if state else ("off", 0.0)
+        served = "candidate" if mode == "canary" and canary_bucket(die_id) < share else "champion"
+        decided = challenger if served == "candidate" else truth
+        both = [decision("champion", "1", truth), decision("candidate", "2", challenger)]
+        version = "2" if served == "candidate" else "1"
+        self.log.record(record(die_id, at, mode, served, decided, version) | {"decisions": both})
+        return die_id, decided, truth
+
+
+def decision(role: str, version: str, cls: int) -> dict:
+    p = 0.9 if cls else 0.1
+    return {
+        "role": role,
+        "model_version": version,
+        "model_kind": "multimodal",
+        "defect_class": cls,
+        "confidence": 0.9,
+        "defect_probability": p,
+        "flagged": cls != 0,
+    }
+
+
+def record(die_id: str, at: datetime, route: str, served: str, cls: int, version: str) -> dict:
+    return {
+        "inspection_id": uuid.uuid4().hex,
+        "die_id": die_id,
+        "wafer_id": die_id.rsplit("-", 1)[0],
+        "received_at": at,
+        "image_ref": "",
+        "process_log": {"etch_rate": 101.5},
+        "route": route,
+        "served_by": served,
+        "defect_class": cls,
+        "class_name": CLASS_NAMES[cls],
+        "confidence": 0.9,
+        "flagged": cls != 0,
+        "model_version": version,
+        "model_kind": "multimodal",
+    }
+
+
+class StoppedLine(Line):
+    """A line whose shift lead stops the rollout by hand (clears its state) after batch 2."""
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        if self.batches == 2:
+            clear_rollout(self.client, MODEL, "stopped by the shift lead", now=self.now)
+
+
+def run_rollout(
+    registry: str, tmp_path, line_type=Line, overrides=(), **line_args
+) -> tuple[dict, Line]:
+    log_url = f"sqlite:///{tmp_path / 'inspections.db'}"
+    line = line_type(log_url, registry, **line_args)
+    try:
+        result = rollout(
+            model_name=MODEL,
+            tracking_uri=registry,
+            log_url=log_url,
+            overrides=FAST + list(overrides),
+            clock=line.clock,
+            sleep=line.sleep,
+        )
+    finally:
+        line.log.close()
+    return result, line
+
+
+def test_a_good_challenger_is_promoted_stage_by_stage(prefect_server, registry, tmp_path):
+    result, line = run_rollout(registry, tmp_path)
+    assert result["outcome"] == "promoted" and result["champion"] == "2", result["reason"]
+    assert [s["stage"] for s in result["stages"]] == ["shadow", "50%", "100%"]
+    assert all(s["action"] == "promote" for s in result["stages"])
+    assert result["shadow"]["dies"] == 200 and result["shadow"]["flag_agreement"]["rate"] == 1.0
+    assert aliases(registry) == {CHAMPION: "2", PREVIOUS: "1"}
+    client = open_store(registry).client
+    assert rollout_state(client, MODEL) is None
+    record = audit(client, MODEL, "2")
+    assert record["history"]["promotion_reason"].startswith("rollout passed every stage")
+    stages = [e["detail"].get("stage") for e in record["events"] if e["kind"] == "rollout"]
+    assert stages == ["shadow", "50%", "100%", "100%"]  # the last one ends the rollout
+    tags = client.get_model_version(MODEL, "2").tags
+    assert tags["shadow.dies"] == "200" and tags["shadow.challenger.escape"] == "0"
+    assert {"dieguard.rollout.shadow", "dieguard.rollout.stage"} <= rollout_events("promoted")
+
+
+def test_a_challenger_that_lets_defects_through_is_rolled_back(prefect_server, registry, tmp_path):
+    result, line = run_rollout(registry, tmp_path, bad_from=1)  # fine in shadow, then not
+    assert result["outcome"] == "rolled-back" and result["champion"] == "1"
+    assert [(s["stage"], s["action"]) for s in result["stages"]] == [
+        ("shadow", "promote"),
+        ("50%", "rollback"),
+    ]
+    assert aliases(registry) == {CHAMPION: "1", CHALLENGER: "2"}
+    client = open_store(registry).client
+    assert rollout_state(client, MODEL) is None
+    events = audit(client, MODEL, "2")["events"]
+    rollback = [e for e in events if e["kind"] == "rollback"]
+    assert len(rollback) == 1 and rollback[0]["detail"]["stage"] == "50%"
+    figures = rollback[0]["detail"]["figures"]
+    assert figures["escape"]["k"] > 0 and figures["escape"]["lo"] > 0.05
+    assert "escape" in rollback[0]["detail"]["reason"]
+    assert audit(client, MODEL, "1")["history"].get("superseded_by") is None
+    assert "dieguard.rollout.rolled-back" in rollout_events("rolled-back")
+
+
+def rollout_events(last: str, timeout_s: float = 30.0) -> set[str]:
+    """The names of the dieguard.rollout.* events the Prefect server received, once the
+    flow's `last` one is among them (events arrive asynchronously)."""
+    query = EventFilter(event=EventNameFilter(prefix=["dieguard.rollout."]))
+    deadline, names = time.monotonic() + timeout_s, set()
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            names = {e.event for e in client.read_events(query, limit=50).events}
+        if f"dieguard.rollout.{last}" in names:
+            break
+        time.sleep(0.5)
+    return names
+
+
+def test_a_rollout_stopped_by_hand_ends_the_flow(prefect_server, registry, tmp_path):
+    result, _ = run_rollout(registry, tmp_path, line_type=StoppedLine)
+    assert result["outcome"] == "interrupted" and result["champion"] == "1"
+    assert aliases(registry) == {CHAMPION: "1", CHALLENGER: "2"}
+    client = open_store(registry).client
+    assert rollout_state(client, MODEL) is None
+    last = audit(client, MODEL, "2")["events"][-1]
+    assert last["kind"] == "rollout" and last["detail"]["reason"] == "stopped by the shift lead"
+
+
+def test_a_stage_that_stays_undecided_stops_the_rollout(prefect_server, registry, tmp_path):
+    result, _ = run_rollout(registry, tmp_path, overrides=["max_holds=1"], batch=20)
+    assert result["outcome"] == "stopped" and result["champion"] == "1"
+    assert result["stages"][-1]["stage"] == "50%"
+    assert result["reason"].startswith("undecided 1 checks past the window: too few labels")
+    client = open_store(registry).client
+    assert rollout_state(client, MODEL) is None
+    assert audit(client, MODEL, "2")["events"][-1]["detail"]["action"] == "stopped"
