@@ -24,6 +24,7 @@ from tasks.registry import (
 )
 from tasks.release import export_baseline, judge, optimize, score_champion
 from tasks.reports import publish_figures, publish_gates, publish_report
+from tasks.rollout import start_rollout
 from tasks.training import evaluate, prepare_data, train
 
 WEEK_S = 7 * 24 * 3600
@@ -41,6 +42,7 @@ def retrain(
     tracking_uri: str | None = None,
     auto_approve: bool = False,
     approval_timeout_s: int = WEEK_S,
+    rollout_deployment: str = "",
 ) -> dict:
     """Train a candidate on the configured data set and, when it earns it, make it champion.
 
@@ -51,6 +53,9 @@ def retrain(
         tracking_uri: the MLflow store (default: a SQLite file under mlruns/).
         auto_approve: approve without asking (demo and tests); recorded as automatic.
         approval_timeout_s: how long the paused run waits for a decision.
+        rollout_deployment: e.g. "rollout/rollout": an approved version is handed to the
+            staged rollout (shadow, 10-100%, then promotion or rollback) instead of being
+            promoted at once ("": promote at once, as the embedded demo does).
     """
     log = get_run_logger()
     cfg = load_config(config, overrides)
@@ -90,7 +95,6 @@ def retrain(
         champion_figures,
     )  # fmt: skip
 
-    # Shadow mode beside the champion (flows/rollout.py) takes its place here.
     if auto_approve:
         decision = automatic_approval()
     else:
@@ -102,6 +106,9 @@ def retrain(
     if not decision.approved:
         log.warning("version %s rejected by %s: %s", version, decision.approver, decision.reason)
         return outcome | {"champion": champion["version"]}
+    if rollout_deployment:  # production: shadow, then staged traffic, then promotion
+        run_id = start_rollout(rollout_deployment, model_name, tracking_uri, version)
+        return outcome | {"champion": champion["version"], "rollout": run_id}
     promote_version(model_name, tracking_uri, version, f"approved by {decision.approver}")
     return outcome | {"champion": version}
 

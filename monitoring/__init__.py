@@ -1,1 +1,2 @@
-"""Production monitoring: drift, rolling escape rate and FPR, latency, missing-modality alerts."""
+"""Production evidence: the shadow comparison, the staged rollout's verdicts, rolling escape
+rate and FPR, latency and missing-note alerts, drift, and the retrain trigger."""

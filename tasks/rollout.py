@@ -11,6 +11,7 @@ from datetime import datetime
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
 from prefect.events import emit_event
 
 from monitoring.rollout import Outcome, Stage, challenger_outcomes
@@ -120,3 +121,19 @@ def announce(step: str, model_name: str, version: str, payload: dict) -> None:
         },
         payload=payload,
     )
+
+
+@task(cache_policy=NO_CACHE)
+def start_rollout(deployment: str, model_name: str, tracking_uri: str | None, version: str) -> str:
+    """Start the rollout deployment for an approved version; returns the new flow run's id.
+
+    Args:
+        deployment: `<flow>/<deployment>`, e.g. "rollout/rollout".
+    """
+    run = run_deployment(
+        name=deployment,
+        parameters={"model_name": model_name, "tracking_uri": tracking_uri, "version": version},
+        timeout=0,
+        tags=["dieguard", "approved", f"version-{version}"],
+    )
+    return str(run.id)
