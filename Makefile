@@ -10,7 +10,7 @@ CONFIG ?= configs/cpu.yaml
 
 RUN := runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: install demo ui serve loadtest browser test lint format data audit eda train evaluate clean
+.PHONY: install demo ui serve loadtest monitor browser test lint format data audit eda train evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ serve: $(STAMP)
 loadtest: $(STAMP)
 	$(BIN)/dieguard loadtest --url http://127.0.0.1:$(PORT) --key demo-station-key \
 		--find-max --rate 5 --rate 10 --rate 15 --rate 20 --rate 25 --rate 30 --rate 40 --duration 20
+
+# One monitoring check of the service's log against the training data (hourly in production).
+monitor: $(STAMP)
+	$(BIN)/dieguard monitor --reference-dir $(DATA)/train --no-retrain
 
 # The dashboard tests drive Debian's Chromium; install it where we may (root), else they skip.
 browser:
