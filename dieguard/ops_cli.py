@@ -1,4 +1,5 @@
-"""Production commands: the staged rollout of a challenger, and the hourly monitor."""
+"""Production commands: the staged rollout of a challenger, the hourly monitor, and a
+compressed-clock simulation of both against a running service."""
 
 from __future__ import annotations
 
@@ -123,4 +124,55 @@ def monitor(log_url, image_store, reference_dir, similar_uri, model_version, rep
         click.echo(f"  {name:10s} {path}")
 
 
-COMMANDS = (rollout, monitor)
+@click.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--station-key", envvar="DIEGUARD_STATION_KEY", required=True)
+@click.option("--operator-key", envvar="DIEGUARD_OPERATOR_KEY", required=True)
+@click.option("--clean", "clean_dir", type=click.Path(exists=True), required=True,
+              help="A labelled split streamed before the drift.")  # fmt: skip
+@click.option("--drifted", "drifted_dir", type=click.Path(exists=True), required=True,
+              help="A labelled split streamed from --drift-at on.")  # fmt: skip
+@click.option("--hours", default=12, show_default=True, help="Simulated hours.")
+@click.option("--drift-at", default=4, show_default=True, help="Hour the drift begins.")
+@click.option("--rate", default=40, show_default=True, help="Dies per simulated hour.")
+@click.option("--hour-s", default=5.0, show_default=True, help="Real seconds per hour.")
+@click.option("--feedback-delay", default=1.0, show_default=True, help="Hours to a label.")
+@LOG_URL
+@click.option("--image-store", default="runs/service/images", show_default=True)
+@click.option("--reference-dir", default="data/default/train", show_default=True,
+              help="The champion's training split.")  # fmt: skip
+@click.option("--report-dir", default="runs/simulate", show_default=True)
+@click.option("--retrain-deployment", default="", help="Start it on sustained drift.")
+@click.option("--bad-challenger", is_flag=True,
+              help="Then roll out a challenger that passes every die.")  # fmt: skip
+@MODEL_NAME
+@TRACKING
+def simulate(url, station_key, operator_key, clean_dir, drifted_dir, hours, drift_at, rate,
+             hour_s, feedback_delay, log_url, image_store, reference_dir, report_dir,
+             retrain_deployment, bad_challenger, model_name, tracking_uri) -> None:  # fmt: skip
+    """Production on a compressed clock against a running service: a drift, the hourly
+    monitor's verdicts, and optionally a bad challenger's rollout (exits 3 unless it is
+    rolled back)."""
+    from monitoring.bad_challenger import format_events, simulate_bad_challenger
+    from monitoring.simulate import simulate_drift
+
+    service = (url, station_key, operator_key)
+    timeline = simulate_drift(
+        *service, clean_dir, drifted_dir, log_url, reference_dir, image_store, report_dir,
+        hours, drift_at, rate, hour_s, feedback_delay, retrain_deployment=retrain_deployment,
+    )  # fmt: skip
+    click.echo(timeline.format())
+    if not bad_challenger:
+        return
+    result = simulate_bad_challenger(
+        *service, clean_dir, tracking_uri, model_name, log_url, f"{report_dir}/bundles",
+        hours, rate, hour_s, feedback_delay,
+    )  # fmt: skip
+    click.echo(f"bad challenger version {result['version']}: {result['outcome']} "
+               f"({result['reason']})")  # fmt: skip
+    click.echo(format_events(result["events"]))
+    if result["outcome"] != "rolled-back":
+        raise SystemExit(3)
+
+
+COMMANDS = (rollout, monitor, simulate)

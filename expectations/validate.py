@@ -5,7 +5,8 @@
         quarantine(data_dir, report, quarantine_root)
         raise DataValidationError(report)
 
-Command line: ``python -m expectations.validate DATA_DIR DOCS_DIR [--splits train val]``.
+Command line: ``python -m expectations.validate DATA_DIR DOCS_DIR [--splits train val]``
+(DATA_DIR may be ``s3://bucket/prefix``: it is fetched to its verified snapshot first).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from expectations.quarantine import (
     quarantine_status,
 )
 from expectations.report import DataValidationError, ValidationReport, describe_failures
+from model.config import DataConfig
+from model.remote import resolve_data_dir
 from model.schema import SPLITS
 
 __all__ = [
@@ -133,12 +136,14 @@ def _load_tables(loaders: dict[str, Callable[[], pd.DataFrame]]) -> dict[str, pd
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("data_dir", help="a dataset folder or s3://bucket/prefix")
     parser.add_argument("docs_dir", type=Path)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS))
     parser.add_argument("--cache-dir", type=Path)
     args = parser.parse_args(argv)
-    report = validate_dataset(args.data_dir, args.docs_dir, args.splits, cache_dir=args.cache_dir)
+    cache_dir = args.cache_dir or DataConfig().cache_dir
+    data_dir = resolve_data_dir(args.data_dir, cache_dir)  # s3://: its verified snapshot
+    report = validate_dataset(data_dir, args.docs_dir, args.splits, cache_dir=args.cache_dir)
     summary = {k: v for k, v in report.to_dict().items() if k != "results"}
     print(json.dumps(summary, indent=2))
     return 0 if report.success else 1

@@ -13,7 +13,8 @@ from prefect import flow, get_run_logger
 from flows.approval import automatic_approval, request_approval
 from model.config import load_config
 from model.gates import failed_checks
-from tasks.data import explore, validate_data
+from model.remote import is_remote
+from tasks.data import explore, fetch_data, validate_data
 from tasks.registry import (
     current_champion,
     install_first_champion,
@@ -48,7 +49,8 @@ def retrain(
 
     Args:
         config: the run's YAML config.
-        overrides: `key=value` changes to the config, e.g. `data_dir=/data/week48`.
+        overrides: `key=value` changes to the config, e.g. `data_dir=/data/week48` or
+            `data_dir=s3://fab-exports/week48` (fetched to a verified local snapshot).
         model_name: the registered model in MLflow.
         tracking_uri: the MLflow store (default: a SQLite file under mlruns/).
         auto_approve: approve without asking (demo and tests); recorded as automatic.
@@ -59,6 +61,8 @@ def retrain(
     """
     log = get_run_logger()
     cfg = load_config(config, overrides)
+    if is_remote(cfg.data_dir):  # s3://bucket/prefix: its verified local snapshot from here on
+        cfg = fetch_data(cfg)
     run = Path(cfg.out_dir) / cfg.name
     validation = validate_data(cfg.data_dir, run / "validation")
     publish_report(validation["docs_index"], "data-docs", "Great Expectations Data Docs")

@@ -28,9 +28,14 @@ def file_digest(path: Path, hasher=None) -> str:
 
 def split_digest(tables: SplitTables) -> str:
     """Digest of a split's content: every table and every image, in a fixed order."""
+    return content_digest(tables.split_dir, tables.image_paths)
+
+
+def content_digest(split_dir: Path, image_paths: list[Path]) -> str:
+    """Digest of a split folder's files (by name), then its images in the order given."""
     h = hashlib.blake2b(digest_size=16)
-    files = sorted(p for p in tables.split_dir.iterdir() if p.is_file())
-    for path in [*files, *tables.image_paths]:
+    files = sorted(p for p in Path(split_dir).iterdir() if p.is_file())
+    for path in [*files, *image_paths]:
         h.update(path.name.encode() + b"\0")
         file_digest(path, h)
     return h.hexdigest()

@@ -44,16 +44,16 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> Non
     tmp.replace(path)
 
 
-def checkpoint_fingerprint(path: Path) -> str | None:
-    """The fingerprint a checkpoint was saved under (None when there is no checkpoint)."""
+def read_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The training state saved at `path` when it was saved under `fingerprint`, else None."""
     if not path.exists():
         return None
-    return torch.load(path, weights_only=False, map_location="cpu")["state"].get("fingerprint")
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore a training state saved by save_checkpoint; returns the loop state."""
     payload = torch.load(path, weights_only=False, map_location="cpu")
+    return payload if payload["state"].get("fingerprint") == fingerprint else None
+
+
+def restore_checkpoint(payload: dict, model, optimizer, scheduler) -> dict:
+    """Restore a training state read by read_checkpoint; returns the loop state."""
     unwrap(model).load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])

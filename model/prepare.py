@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from model import distributed as ddp
 from model.batches import DieDataset
 from model.config import RunConfig
 from model.contract import read_split
@@ -42,14 +43,18 @@ def prepare(cfg: RunConfig, folder: str | Path, splits=("train", "val", "test"))
         cfg: the run's configuration (data_dir, image size, cache, vocabulary).
         folder: where scaler.json and tokenizer.json are written.
         splits: which splits to load; "train" is always read to fit the statistics.
+
+    Under torchrun rank 0 fits and writes the scaler and tokenizer and hands them to the
+    other ranks (tokenizer training is not reproducible from one process to the next), and
+    decodes any missing cache before the other ranks read it.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    scaler, tokenizer = _fit(cfg, folder)
-    loaded = {
-        s: load_split(cfg.data_dir, s, cfg.model.img_size, cfg.data.cache_dir, scaler)
-        for s in splits
-    }
+    scaler, tokenizer = ddp.from_main(_fit, cfg, folder)  # under torchrun: rank 0's, for all
+    with ddp.main_first():  # rank 0 decodes into the cache, the other ranks then read it
+        loaded = {
+            s: load_split(cfg.data_dir, s, cfg.model.img_size, cfg.data.cache_dir, scaler)
+            for s in splits
+        }
     L = cfg.model.max_note_len
     datasets = {s: encode_split(part, tokenizer, L) for s, part in loaded.items()}
     return Prepared(loaded, datasets, scaler, tokenizer, folder)
@@ -65,6 +70,7 @@ def _fit(cfg: RunConfig, folder: Path) -> tuple[ProcessScaler, Tokenizer]:
     train = read_split(Path(cfg.data_dir) / "train")
     scaler = ProcessScaler.fit(train.process)
     tokenizer = train_note_tokenizer(train.notes, cfg.model.vocab_size)
+    folder.mkdir(parents=True, exist_ok=True)
     scaler.save(folder / SCALER_FILE)
     save_tokenizer(tokenizer, folder / TOKENIZER_FILE)
     return scaler, tokenizer

@@ -5,26 +5,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from model import distributed as ddp
 from model.config import RunConfig
 from model.metrics import summarize
-from model.predict import predict
+from model.predict import pick_device, predict
 from model.prepare import prepare
+from model.remote import local_config
 from model.train import TrainResult, train_model
 
 
 def train_and_report(cfg: RunConfig, kinds=("baseline", "multimodal"), progress=True) -> dict:
     """Prepare the data once, train each kind, score it on test; write summary.json.
 
+    Under torchrun every rank trains; rank 0 alone scores, prints and writes.
+
     Returns:
         {kind: {"test": summary, "test_no_notes": summary, "seconds": s, ...}}.
     """
+    cfg = local_config(cfg)  # an s3:// data_dir: its verified local snapshot
     run = Path(cfg.out_dir) / cfg.name
+    ddp.setup(pick_device(cfg.train.device))  # under torchrun: every rank trains, rank 0 reports
     data = prepare(cfg, run / "prepared")
     summary = {}
     for kind in kinds:
         result = train_model(kind, data, cfg, run / kind, progress=progress)
-        summary[kind] = score(result, data)
-        print(format_line(kind, summary[kind]))
+        if ddp.is_main():
+            summary[kind] = score(result, data)
+            print(format_line(kind, summary[kind]))
+    if not ddp.is_main():
+        return summary
     path = run / "summary.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}  # kinds trained before
     path.write_text(json.dumps(earlier | summary, indent=2))

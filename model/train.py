@@ -4,8 +4,10 @@ Stage 1 aligns image and process embeddings (contrastive loss only, head frozen)
 trains everything with focal + contrastive + attention-entropy loss under cosine annealing.
 Each epoch calibrates the defect threshold on validation so the escape rate stays under
 target; the best epoch is the one whose threshold costs the fewest false positives.
+Under torchrun the ranks train on disjoint shards with DDP; rank 0 validates and writes.
 
     python -m model.train --config configs/cpu.yaml data_dir=data/default
+    torchrun --nproc_per_node 4 -m model.train --config configs/gpu.yaml --kind multimodal
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model import distributed as ddp
 from model.batches import die_loader
 from model.calibrate import OperatingPoint, choose_threshold
 from model.checkpoint import (
-    checkpoint_fingerprint,
-    load_checkpoint,
+    read_checkpoint,
+    restore_checkpoint,
     save_checkpoint,
     save_trained,
     unwrap,
@@ -77,19 +80,24 @@ def train_model(
         resume: continue from folder/checkpoints/last.pt when it exists.
         progress: show progress bars with live figures.
         max_epochs: stop after this many epochs in this call (a time-boxed job resumes later).
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this with the same arguments; rank 0
+    alone touches `folder`, and every rank returns the same result.
     """
     started = time.perf_counter()
     folder, t = Path(folder), cfg.train
-    device = pick_device(t.device)
+    device = ddp.setup(pick_device(t.device))
+    progress = progress and ddp.is_main()
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal activations slow CPU training tenfold
         if t.threads:
             torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     model = build_model(cfg.model, kind).to(device)
-    if hasattr(model, "fit_reference"):
+    if hasattr(model, "fit_reference") and ddp.is_main():  # the other ranks get it from wrap
         train = data.splits["train"]
         model.fit_reference(train.images, train.metadata["fab"].to_numpy(), train.labels)
+    net = ddp.wrap(model, device)  # all ranks now hold rank 0's weights and buffers
     stages = _stage_plan(kind, t)
     optimizer = torch.optim.AdamW(_param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
     steps = _steps_per_epoch(data, t)
@@ -113,9 +121,10 @@ def train_model(
         "fingerprint": _fingerprint(kind, cfg, data),
     }
     last = folder / "checkpoints" / "last.pt"
-    if resume and checkpoint_fingerprint(last) == state["fingerprint"]:
-        state = load_checkpoint(last, model, optimizer, scheduler)
-    runner = _Epochs(model, loss_fn, optimizer, scheduler, data, cfg, device, progress)
+    saved = ddp.from_main(read_checkpoint, last, state["fingerprint"]) if resume else None
+    if saved is not None:
+        state = restore_checkpoint(saved, model, optimizer, scheduler)
+    runner = _Epochs(net, loss_fn, optimizer, scheduler, data, cfg, device, progress)
     stop = len(stages) if max_epochs is None else min(len(stages), state["epoch"] + max_epochs)
     while state["epoch"] < stop and state["stale"] < t.patience:
         epoch, stage = state["epoch"], stages[state["epoch"]]
@@ -123,20 +132,25 @@ def train_model(
         _track_best(state, row, model, folder)
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        save_checkpoint(last, model, optimizer, scheduler, state)
-        _write_history(folder / "history.csv", state["history"])
+        if ddp.is_main():
+            save_checkpoint(last, model, optimizer, scheduler, state)
+            _write_history(folder / "history.csv", state["history"])
     point = None
     if state["epoch"] >= len(stages) or state["stale"] >= t.patience:  # finished: keep the best
-        model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
+        best = ddp.from_main(torch.load, folder / "best.pt", weights_only=True, map_location="cpu")
+        model.load_state_dict(best)
         point = OperatingPoint(**state["best"])
-        save_trained(folder / "model.pt", model, kind, cfg, point)
+        if ddp.is_main():
+            save_trained(folder / "model.pt", model, kind, cfg, point)
     seconds = time.perf_counter() - started
     return TrainResult(kind, folder, model, point, state["history"], state["best_epoch"], seconds)
 
 
 def _fingerprint(kind: str, cfg: RunConfig, data: Prepared) -> str:
-    """What a checkpoint must match to be resumed: the kind, model, training and data."""
-    spec = json.dumps([kind, cfg.to_dict()["model"], cfg.to_dict()["train"], data.digest])
+    """What a checkpoint must match to be resumed: the kind, model, training, data and, when
+    distributed, the world size (it sets the steps per epoch)."""
+    parts = [kind, cfg.to_dict()["model"], cfg.to_dict()["train"], data.digest]
+    spec = json.dumps(parts + ([ddp.world_size()] if ddp.is_active() else []))
     return hashlib.blake2b(spec.encode(), digest_size=16).hexdigest()
 
 
@@ -159,7 +173,9 @@ def _stage_plan(kind: str, t) -> list[int]:
 
 
 def _steps_per_epoch(data: Prepared, t) -> int:
-    steps = math.ceil(len(data.datasets["train"]) / t.batch_size)
+    """Batches of train.batch_size per rank and epoch; each rank holds 1/world of the dies."""
+    shard = math.ceil(len(data.datasets["train"]) / ddp.world_size())
+    steps = math.ceil(shard / t.batch_size)
     return min(steps, t.max_batches_per_epoch) if t.max_batches_per_epoch else steps
 
 
@@ -193,8 +209,9 @@ def _track_best(state: dict, row: dict, model: nn.Module, folder: Path) -> None:
             "val_good": row["val_good"],
         }
         state["best_epoch"], state["stale"] = row["epoch"], 0
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(unwrap(model).state_dict(), folder / "best.pt")
+        if ddp.is_main():
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(unwrap(model).state_dict(), folder / "best.pt")
     else:
         state["stale"] += 1
 
@@ -215,11 +232,11 @@ class _Epochs:
 
     def run(self, epoch: int, stage: int) -> dict:
         t = self.cfg.train
-        torch.manual_seed(t.seed * 1000 + epoch)  # dropout, augmentation: reproducible on resume
+        torch.manual_seed(ddp.rank_seed(t.seed * 1000 + epoch))  # dropout: same on resume
         unwrap(self.model).set_head_trainable(stage == 2)
         started = time.perf_counter()
         train = self._train(epoch, stage)
-        val = self._validate()
+        val = ddp.from_main(self._validate)  # the operating point of the whole val split
         return {
             "epoch": epoch,
             "stage": stage,
@@ -239,8 +256,9 @@ class _Epochs:
             seed=t.seed * 1000 + epoch,
             num_workers=self.cfg.data.num_workers,
             pin_memory=device.type == "cuda",
+            distributed=ddp.is_active(),  # the same permutation on all ranks, one shard each
         )
-        gen = torch.Generator(device=device).manual_seed(t.seed * 1000 + epoch)
+        gen = torch.Generator(device=device).manual_seed(ddp.rank_seed(t.seed * 1000 + epoch))
         total = _steps_per_epoch(self.data, t)
         bar = tqdm(
             loader,
@@ -261,8 +279,10 @@ class _Epochs:
             bar.set_postfix(loss=f"{sums['total'] / n:.4f}")
             tick = time.perf_counter()
         bar.close()
-        return {"train_loss": sums["total"] / n, "data_wait_s": round(waited, 3)} | {
-            f"train_{k}": v / n for k, v in sums.items() if k != "total"
+        ddp.sync_buffers(self.model)  # BatchNorm statistics: rank 0's, as DDP keeps them
+        means = ddp.average({k: v / n for k, v in sums.items()})  # over all ranks' shards
+        return {"train_loss": means["total"], "data_wait_s": round(waited, 3)} | {
+            f"train_{k}": v for k, v in means.items() if k != "total"
         }
 
     def _step(self, batch: dict, stage: int, gen: torch.Generator) -> dict:
@@ -315,7 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, args.overrides)
     from model.report import train_and_report  # the command's printing lives apart
 
-    train_and_report(cfg, KINDS if args.kind == "both" else (args.kind,))
+    try:  # under torchrun train_and_report joins the process group; leave it at the end
+        train_and_report(cfg, KINDS if args.kind == "both" else (args.kind,))
+    finally:
+        ddp.cleanup()
 
 
 if __name__ == "__main__":

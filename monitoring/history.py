@@ -69,11 +69,14 @@ class History:
 
     Args:
         url: a SQLAlchemy URL, usually the inspection log's.
+        create: make the tables when absent (False for readers such as the service, which
+            must not create the monitor's tables).
     """
 
-    def __init__(self, url: str, connect_timeout: float = 5.0):
+    def __init__(self, url: str, connect_timeout: float = 5.0, create: bool = True):
         self._engine = make_engine(engine_url(url), connect_timeout)
-        METADATA.create_all(self._engine)
+        if create:
+            METADATA.create_all(self._engine)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -113,6 +116,27 @@ class History:
         query = query.order_by(CHECKS.c.checked_at, CHECKS.c.id)
         with self._engine.connect() as conn:
             return [_check_dict(r._mapping) for r in conn.execute(query)]
+
+    def latest(self) -> dict[str, dict]:
+        """Every metric's latest check, by metric, in one query ({} while the table is absent).
+
+        Returns:
+            metric -> checked_at, window_start, value, threshold, flagged, skipped.
+        """
+        newest = (
+            sa.select(CHECKS.c.metric, sa.func.max(CHECKS.c.id).label("id"))
+            .group_by(CHECKS.c.metric)
+            .subquery()
+        )
+        query = CHECKS.select().join(newest, CHECKS.c.id == newest.c.id)
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except sa.exc.DBAPIError:
+            if not sa.inspect(self._engine).has_table(CHECKS.name):
+                return {}
+            raise
+        return {r.metric: _check_dict(r._mapping) for r in rows}
 
     def metrics(self) -> list[str]:
         """Every metric with at least one check."""

@@ -63,9 +63,14 @@ class WindowReport:
             "latency_p99_ms": (self.latency_ms["p99"], self.latency_ms["n"]),
             "missing_note_rate": (self.missing_notes["rate"], self.missing_notes["n"]),
         }
-        return [
+        checks = [
             Check(name, value, self.thresholds[name], name in fired, "" if n else "no data")
             for name, (value, n) in figures.items()
+        ]
+        # the labelled dies behind the two rates, against their minimums (never flagged)
+        counts = {"defective_labelled": self.escape["n"], "good_labelled": self.fpr["n"]}
+        return checks + [
+            Check(name, n, self.thresholds.get(name), False) for name, n in counts.items()
         ]
 
     def as_dict(self) -> dict:
@@ -116,6 +121,8 @@ def window_report(
             "fpr": config.max_fpr,
             "latency_p99_ms": config.max_p99_ms,
             "missing_note_rate": config.min_missing_note_rate,
+            "defective_labelled": config.min_defective_labels,
+            "good_labelled": config.min_good_labels,
         },
     )
     report.alerts = alerts(report, config)

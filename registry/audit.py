@@ -46,6 +46,7 @@ def audit(client: MlflowClient, model_name: str, version: str | int) -> dict:
         "data": {
             "digest": lineage.get("data_digest") or run_tags.get(DIGEST_TAG),
             "splits": run_splits(run) if run else [],
+            "snapshot": lineage.get("data_snapshot"),
         },
         "validation": {
             "verdict": lineage.get("validation_verdict"),

@@ -45,6 +45,9 @@ def _header(r: Mapping) -> list[str]:
 
 def _data(data: Mapping) -> list[str]:
     lines = ["Data", _row("digest", data.get("digest") or "unknown")]
+    if data.get("snapshot"):  # fetched from S3: where, and the listing's digest
+        snap = data["snapshot"]
+        lines.append(_row("snapshot", f"{snap['uri']}  (snapshot {snap['digest']})"))
     for s in data.get("splits", []):
         rows = f", {s['rows']} rows" if s.get("rows") else ""
         lines.append(_row(s["name"], f"{s['digest']}  {s['source']}  ({s['context']}{rows})"))

@@ -19,6 +19,7 @@ DEFAULT_DIR = "mlruns"  # under the current directory
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+ARTIFACT_ROOT_ENV = "DIEGUARD_ARTIFACT_ROOT"  # e.g. s3://bucket/mlflow in production
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,10 @@ def open_store(tracking_uri: str | None = None, artifact_root: str | Path | None
         tracking_uri: ``sqlite:///path/mlflow.db``, ``postgresql://user@host/db`` (served by
             psycopg 3 when psycopg2 is absent) or any MLflow URI; None: ``mlruns/mlflow.db``
             under the current directory.
-        artifact_root: folder or URI for artifacts of experiments created here; None: an
-            ``artifacts`` folder beside a SQLite file, else ``mlruns/artifacts`` here.
+        artifact_root: folder or URI (``s3://bucket/mlflow``: the endpoint is MLflow's
+            MLFLOW_S3_ENDPOINT_URL) for artifacts of experiments created here; None:
+            $DIEGUARD_ARTIFACT_ROOT, else an ``artifacts`` folder beside a SQLite file, else
+            ``mlruns/artifacts`` here.
     Raises:
         MlflowException, sqlalchemy errors: the store cannot be reached.
     """
@@ -55,7 +58,9 @@ def open_store(tracking_uri: str | None = None, artifact_root: str | Path | None
     db_file = sqlite_path(tracking_uri)
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
-    root = artifact_uri(artifact_root if artifact_root is not None else default_root(tracking_uri))
+    if artifact_root is None:
+        artifact_root = os.environ.get(ARTIFACT_ROOT_ENV) or default_root(tracking_uri)
+    root = artifact_uri(artifact_root)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.search_experiments(max_results=1)  # connect (and migrate) now, not mid-logging
     return Store(client, root)

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from monitoring.history import History
 from registry import CHAMPION
 from service.api import models_status
 from service.api import router as api_router
@@ -37,6 +38,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         state = ServiceState.build(config)
         app.state.service = state
         state.log.start()
+        app.state.monitor_history = History(config.log_url, create=False)
         if config.bundle is not None:
             await state.pool.load(CHAMPION, config.bundle)
         else:
@@ -53,6 +55,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             await state.pool.close()
             await asyncio.to_thread(_write_embeddings, state)
             await asyncio.to_thread(state.log.close)
+            app.state.monitor_history.close()
 
     app = FastAPI(
         title="dieguard inspection service",
@@ -89,7 +92,19 @@ def _add_operations(app: FastAPI) -> None:
         status = state.log.status()
         state.metrics.log_buffered.set(status["buffered"])
         state.metrics.log_dropped.set(status["dropped"])
+        await _refresh_monitor(state, request.app.state.monitor_history)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+async def _refresh_monitor(state: ServiceState, history: History) -> None:
+    """The monitor's latest figures into the metrics: one query, off the event loop; none
+    while the history is absent or unreadable."""
+    try:
+        latest = await asyncio.to_thread(history.latest)
+    except Exception as err:  # the monitor's figures are optional; the scrape goes on
+        log.debug("monitor history unreadable: %s", err)
+        latest = {}
+    state.metrics.monitor.update(latest)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

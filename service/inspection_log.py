@@ -281,7 +281,10 @@ class InspectionLog:
     def _ensure_schema(self) -> None:
         with self._schema_lock:
             if not self._schema_ready:
-                METADATA.create_all(self._engine)
+                try:
+                    METADATA.create_all(self._engine)
+                except exc.IntegrityError:  # another replica created the tables meanwhile
+                    METADATA.create_all(self._engine)
                 self._schema_ready = True
 
     # --- queries -----------------------------------------------------------------------

@@ -1,13 +1,22 @@
-"""Data tasks: Great Expectations validation (quarantine on failure) and the EDA report."""
+"""Data tasks: fetching from S3, Great Expectations validation (quarantine on failure), EDA."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from expectations.validate import DataValidationError, quarantine, validate_dataset
+from model.config import RunConfig
 from model.explore import explore_dataset
+from model.remote import local_config
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+def fetch_data(cfg: RunConfig) -> RunConfig:
+    """The config with an s3:// data_dir replaced by its verified, read-only local snapshot."""
+    return local_config(cfg)
 
 
 @task(retries=1, retry_condition_fn=lambda task, run, state: not _refused(state))

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from model.config import RunConfig
 from model.prepare import Prepared
+from model.remote import snapshot_origin
 from registry import (
     Split,
     champion,
@@ -140,10 +141,12 @@ def promote_version(model_name: str, tracking_uri: str | None, version: str, rea
 
 
 def splits(data: Prepared, data_dir: str) -> dict[str, Split]:
-    """The prepared splits as registry dataset inputs (our digest, source folder, size)."""
-    root = Path(data_dir).resolve()
+    """The prepared splits as registry dataset inputs (our digest, source, size); the source
+    of a snapshot's split is its s3:// URI."""
+    origin = snapshot_origin(data_dir)
+    root = origin["uri"] if origin else str(Path(data_dir).resolve())
     return {
-        name: Split(part.digest, str(root / name), len(part)) for name, part in data.splits.items()
+        name: Split(part.digest, f"{root}/{name}", len(part)) for name, part in data.splits.items()
     }
 
 
@@ -159,8 +162,10 @@ def git_commit() -> str | None:
 
 
 def _lineage(data: Prepared, validation: dict, figures: dict) -> dict:
+    origin = snapshot_origin(validation["data_dir"])  # the s3 address of a fetched data set
     return {
         "data_digest": data.digest,
+        **({"data_snapshot": origin} if origin else {}),
         "validation_verdict": "passed" if validation["success"] else "failed",
         "validation_report": validation["docs_index"],
         "git_commit": git_commit(),

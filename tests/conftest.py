@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -126,3 +128,48 @@ def postgres_url(postgres_admin):
             yield postgres_admin.rsplit("/", 1)[0] + f"/{name}"
         finally:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on a free loopback port for the session (an http:// URL).
+
+    boto3, MLflow and LanceDB reach it through the environment: dummy credentials,
+    AWS_ENDPOINT_URL and MLFLOW_S3_ENDPOINT_URL. Skipped when moto's server is not installed.
+    """
+    if importlib.util.find_spec("boto3") is None or importlib.util.find_spec("flask") is None:
+        pytest.skip("no S3 test server: boto3 and moto[server] are not installed")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = pytest.MonkeyPatch()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
+        env.setenv(key, value)
+    try:
+        yield endpoint
+    finally:
+        env.undo()
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint) -> str:
+    """A new empty bucket of this test's own on the session's S3 server (its name)."""
+    import boto3
+
+    name = f"dieguard-test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

@@ -122,3 +122,13 @@ def test_only_checks_after_the_last_retrain_count(history):
     history.append(check(last + HOUR, True))
     assert history.sustained(METRIC, last + HOUR)
     assert history.last_trigger(before=T0) is None
+
+
+def test_latest_holds_each_metrics_newest_check(history, tmp_path):
+    assert History(f"sqlite:///{tmp_path / 'none.db'}", create=False).latest() == {}
+    assert history.latest() == {}
+    run_hours(history, [True, False])
+    history.append(check(T0 + 2 * HOUR, True, skipped="12 dies in the window"))
+    latest = history.latest()
+    assert list(latest) == [METRIC]
+    assert latest[METRIC]["checked_at"] == T0 + 2 * HOUR and latest[METRIC]["skipped"]

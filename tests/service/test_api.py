@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ from PIL import Image
 from dieguard.cli import main
 from model.contract import read_split
 from model.schema import CLASS_NAMES, parameter_names
+from monitoring.config import MonitorConfig
+from monitoring.history import History
+from monitoring.windows import window_report
 from service.similar import index_split
 from tests.service.conftest import KEYS
 
@@ -179,6 +183,19 @@ def test_operations_endpoints(live_service, dies):
         'dieguard_model_loaded{model_version="1",role="champion"} 1.0',
     ):
         assert name in metrics
+
+
+def test_metrics_carry_the_monitors_latest_check(live_service):
+    client = live_service.client(None)
+    history = History(live_service.config.log_url)
+    try:
+        history.append(window_report([], [], datetime.now(UTC), MonitorConfig()))
+    finally:
+        history.close()
+    metrics = client.get("/metrics").text
+    assert "dieguard_monitor_last_check_timestamp_seconds" in metrics
+    assert "dieguard_escape_rate_24h" not in metrics  # no labelled dies: no rate
+    assert "dieguard_defective_labelled_24h 0.0" in metrics
 
 
 def test_the_openapi_document_describes_every_route(live_service):

@@ -260,3 +260,20 @@ def test_index_split_embeds_a_real_split(tiny_data, smoke_prepared, smoke_multim
         assert r["date"] == pd.Timestamp(meta["timestamp"]).date().isoformat()
         assert (r["source"], r["label_origin"]) == ("training", "ground_truth")
         assert 0.0 <= r["distance"] <= 2.0
+
+
+def test_store_on_s3_adds_searches_and_relabels(s3_bucket):
+    """LanceDB on an s3:// URI (the session's moto server, reached through the environment)."""
+    boto3 = pytest.importorskip("boto3")
+    uri = f"s3://{s3_bucket}/similar"
+    s3 = SimilarDefects(uri)
+    assert s3.add(VERSION, [row(c, j) for c in range(1, 3) for j in range(PER_CLASS)]) == 12
+    found = s3.search(VERSION, die(1, 0), k=3)
+    assert [r["die_id"] for r in found] == [die(1, j) for j in range(1, 4)]
+    s3.relabel(VERSION, die(1, 1), 2, CLASS_NAMES[2])
+    reader = SimilarDefects(uri)  # another replica reads what this one wrote
+    assert reader.count(VERSION) == 12
+    relabelled = reader.search(VERSION, die(1, 0), k=5, defect_class=2)
+    assert relabelled[0]["die_id"] == die(1, 1) and relabelled[0]["label_origin"] == "operator"
+    stored = boto3.client("s3").list_objects_v2(Bucket=s3_bucket, Prefix="similar/")
+    assert stored["KeyCount"] > 0
