@@ -61,6 +61,20 @@ def _split_figures(t: Mapping) -> Iterator[tuple[str, float]]:
         yield "accuracy", float(t["accuracy"])
 
 
+def run_metrics(
+    histories: Mapping[str, str | Path], summary: Mapping[str, Mapping]
+) -> list[Metric]:
+    """Every kind's per-epoch history, then the test figures, as one list to log.
+
+    The test figures are stamped after every history value: a name in both (``threshold``)
+    must not repeat the key (name, timestamp, step) of its epoch-0 value, which MLflow's
+    logged-model metrics refuse.
+    """
+    metrics = [m for kind, path in histories.items() for m in epoch_metrics(kind, path)]
+    now = max([int(time.time() * 1000), *(m.timestamp + 1 for m in metrics)])
+    return metrics + [Metric(k, v, now, 0) for k, v in test_metrics(summary).items()]
+
+
 def batches(metrics: Iterable[Metric], size: int = BATCH) -> Iterator[list[Metric]]:
     """Metrics in chunks that one log_batch call accepts."""
     chunk: list[Metric] = []

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NAME
 
 from registry.bundle import GATE_FILE, sha256
 from registry.datasets import Split, log_splits
-from registry.metrics import batches, epoch_metrics, test_metrics
+from registry.metrics import batches, run_metrics
 from registry.models import INT8_FILE, log_fp32, log_int8_bundle, log_pytorch
 from registry.runs import TrainingRecord, finished_run, log_params, record
 from registry.store import Store, experiment_id, fluent_run
@@ -156,9 +154,7 @@ def _deployment_tags(deployments: Mapping[str, Path]) -> dict[str, str]:
 
 def _log_figures(client: MlflowClient, run_id, folder, config, kinds, summary) -> None:
     log_params(client, run_id, config)
-    metrics = [m for kind in kinds for m in epoch_metrics(kind, folder / kind / "history.csv")]
-    now = int(time.time() * 1000)
-    metrics += [Metric(k, v, now, 0) for k, v in test_metrics(summary).items()]
+    metrics = run_metrics({kind: folder / kind / "history.csv" for kind in kinds}, summary)
     for chunk in batches(metrics):
         client.log_batch(run_id, metrics=chunk)
 

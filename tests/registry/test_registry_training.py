@@ -9,6 +9,7 @@ import pytest
 
 from model.checkpoint import load_trained
 from registry import log_training
+from registry.metrics import run_metrics
 from tests.registry.fake_run import (
     DATA_DIGEST,
     EXPERIMENT,
@@ -115,3 +116,16 @@ def test_missing_files_fail_before_anything_is_logged(store, run_files, tmp_path
         [store.client.get_experiment_by_name(EXPERIMENT).experiment_id],
         f"attributes.run_name = '{tmp_path.name}'",
     )
+
+
+def test_final_figures_never_repeat_a_history_key(tmp_path, monkeypatch):
+    """`threshold` is in the history and in the final figures; with a clock that does not
+    move between them, no two metrics may share (name, timestamp, step)."""
+    monkeypatch.setattr("registry.metrics.time.time", lambda: 1_800_000_000.0)
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,threshold,val_loss\n0,0.4,1.0\n1,0.3,0.9\n")
+    summary = {"multimodal": {"threshold": 0.3, "best_epoch": 1}}
+    metrics = run_metrics({"multimodal": history}, summary)
+    keys = [(m.key, m.timestamp, m.step) for m in metrics]
+    assert len(keys) == len(set(keys))
+    assert [m.value for m in metrics if m.key == "multimodal.threshold"] == [0.4, 0.3, 0.3]
