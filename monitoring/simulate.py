@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from model.contract import read_split
 from monitoring.config import MonitorConfig
 from service.loadtest import DiePayload
 
+log = logging.getLogger("dieguard.simulate")
 HOUR_FIELDS = ("window_hours", "drift_window_hours", "sustained_hours", "max_gap_hours")
 DEMO_MINIMUMS = {"min_defective_labels": 10, "min_good_labels": 10, "min_inspections": 20}
 
@@ -109,9 +111,13 @@ async def _inspect(client: httpx.AsyncClient, key: str, die: DiePayload) -> int 
     files = {"image": (f"{die.die_id}.png", die.image, "image/png")}
     try:
         r = await client.post("/api/v1/inspect", data=form, files=files, headers={"X-API-Key": key})
-    except httpx.HTTPError:
+    except httpx.HTTPError as err:
+        log.warning("inspection of %s failed: %s", die.die_id, type(err).__name__)
         return None
-    return int(r.json()["defect_class"]) if r.status_code == 200 else None
+    if r.status_code != 200:
+        log.warning("inspection of %s refused: %s %s", die.die_id, r.status_code, r.text[:300])
+        return None
+    return int(r.json()["defect_class"])
 
 
 async def _label(client: httpx.AsyncClient, key: str, die: SimDie, served: int) -> bool:
