@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import boto3
 import pytest
 
 from model.cache import split_digest
@@ -23,7 +24,6 @@ from model.remote import (
 )
 from model.schema import SPLITS
 
-boto3 = pytest.importorskip("boto3")
 IMAGE = "train/images/{}.png"
 
 

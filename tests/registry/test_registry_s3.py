@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import boto3
 import pytest
 
 from registry import (
@@ -19,8 +20,6 @@ from registry import (
 )
 from registry.bundle import MANIFEST_FILE, MODEL_FILE
 from tests.registry.fake_run import DATA_DIGEST, KIND, SPLIT_DIGESTS
-
-boto3 = pytest.importorskip("boto3")
 
 
 @pytest.fixture(scope="module")

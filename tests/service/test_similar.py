@@ -264,7 +264,8 @@ def test_index_split_embeds_a_real_split(tiny_data, smoke_prepared, smoke_multim
 
 def test_store_on_s3_adds_searches_and_relabels(s3_bucket):
     """LanceDB on an s3:// URI (the session's moto server, reached through the environment)."""
-    boto3 = pytest.importorskip("boto3")
+    import boto3
+
     uri = f"s3://{s3_bucket}/similar"
     s3 = SimilarDefects(uri)
     assert s3.add(VERSION, [row(c, j) for c in range(1, 3) for j in range(PER_CLASS)]) == 12
