@@ -23,7 +23,7 @@ import httpx
 
 from model.contract import read_split
 from monitoring.config import MonitorConfig
-from service.loadtest import DiePayload
+from service.loadtest import DiePayload, inspect_form
 
 log = logging.getLogger("dieguard.simulate")
 HOUR_FIELDS = ("window_hours", "drift_window_hours", "sustained_hours", "max_gap_hours")
@@ -101,14 +101,7 @@ async def _until(loop: asyncio.AbstractEventLoop, at: float) -> None:
 
 async def _inspect(client: httpx.AsyncClient, key: str, die: DiePayload) -> int | None:
     """Post one die; its served class, or None when the service refused or failed."""
-    form = {
-        "process_log": json.dumps(die.process_log),
-        "operator_notes": die.note,
-        "wafer_id": die.wafer_id,
-        "die_id": die.die_id,
-        "metadata": json.dumps(die.metadata),
-    }
-    files = {"image": (f"{die.die_id}.png", die.image, "image/png")}
+    form, files = inspect_form(die)
     try:
         r = await client.post("/api/v1/inspect", data=form, files=files, headers={"X-API-Key": key})
     except httpx.HTTPError as err:

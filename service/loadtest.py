@@ -208,9 +208,8 @@ def _die_for(dies: list[DiePayload], k: int) -> DiePayload:
     return die if round_ == 0 else replace(die, die_id=f"{die.die_id}-r{round_}")
 
 
-async def _send(client, url: str, die: DiePayload, timeout_s: float, due: float) -> Outcome:
-    """Post one die; `due` is its scheduled loop time, to record how late it left."""
-    lag_ms = max(0.0, asyncio.get_running_loop().time() - due) * 1000.0
+def inspect_form(die: DiePayload) -> tuple[dict, dict]:
+    """(data, files) of a die's multipart POST /api/v1/inspect request."""
     form = {
         "process_log": json.dumps(die.process_log),
         "operator_notes": die.note,
@@ -218,7 +217,13 @@ async def _send(client, url: str, die: DiePayload, timeout_s: float, due: float)
         "die_id": die.die_id,
         "metadata": json.dumps(die.metadata),
     }
-    files = {"image": (f"{die.die_id}.png", die.image, "image/png")}
+    return form, {"image": (f"{die.die_id}.png", die.image, "image/png")}
+
+
+async def _send(client, url: str, die: DiePayload, timeout_s: float, due: float) -> Outcome:
+    """Post one die; `due` is its scheduled loop time, to record how late it left."""
+    lag_ms = max(0.0, asyncio.get_running_loop().time() - due) * 1000.0
+    form, files = inspect_form(die)
     start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
