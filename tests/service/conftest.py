@@ -179,3 +179,23 @@ def live_service(registry_uri, tmp_path_factory):
     service, stop = start_service(config, registry_uri)
     yield service
     stop()
+
+
+def inspect_ok(service: LiveService, die: DiePayload) -> dict:
+    """Post one die with the station key; its response body (asserting a 200)."""
+    data, files = die.form()
+    with service.client("station") as client:
+        response = client.post("/api/v1/inspect", data=data, files=files)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(check, timeout_s: float = 20.0):
+    """Poll `check` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")

@@ -14,6 +14,10 @@ from tests.service.conftest import (
     register_bundle,
     start_service,
     variant,
+    wait_for,
+)
+from tests.service.conftest import (
+    inspect_ok as inspect,
 )
 
 
@@ -28,24 +32,6 @@ def rollout_service(service_bundle, tmp_path):
     service, stop = start_service(live_config(uri, tmp_path / "state"), uri)
     yield service
     stop()
-
-
-def inspect(service, die) -> dict:
-    data, files = die.form()
-    with service.client("station") as client:
-        response = client.post("/api/v1/inspect", data=data, files=files)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def wait_for(check, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def decided_by(service, die, role: str) -> dict | None:
