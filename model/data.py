@@ -155,10 +155,7 @@ def augment_batch(
         return lo + (hi - lo) * torch.rand(B, device=x.device, generator=generator)
 
     if turns:
-        hflip, transpose = uniform(0, 1) < 0.5, uniform(0, 1) < 0.5
-        x = torch.where(hflip[:, None, None, None], x.flip(3), x)
-        x = torch.where(transpose[:, None, None, None], x.transpose(2, 3), x)  # with flips: turns
-        x = torch.where((uniform(0, 1) < 0.5)[:, None, None, None], x.flip(2), x)
+        x = random_turns(x, generator)
     shift = MAX_SHIFT if turns else 1
     dy, dx = (uniform(-shift, shift + 1).floor().long() for _ in range(2))
     x = _shift(x, dy, dx)
@@ -167,6 +164,18 @@ def augment_batch(
     x = (x - mean) * contrast[:, None, None, None] + mean
     x = x * brightness[:, None, None, None]
     return x.clamp(0.0, 1.0)
+
+
+def random_turns(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image (B, C, H, W) under its own random symmetry of the square (flips, turns)."""
+    B = x.shape[0]  # batch size
+
+    def coin() -> torch.Tensor:
+        return (torch.rand(B, device=x.device, generator=generator) < 0.5)[:, None, None, None]
+
+    x = torch.where(coin(), x.flip(3), x)
+    x = torch.where(coin(), x.flip(2), x)
+    return torch.where(coin(), x.transpose(2, 3), x)  # last: with the flips, all eight
 
 
 def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:

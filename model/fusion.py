@@ -4,10 +4,7 @@ attention pool whose weights are the per-region explanation map.
 
 from __future__ import annotations
 
-import math
-
 import torch
-from timm.layers import trunc_normal_
 from torch import nn
 
 
@@ -69,17 +66,27 @@ def _open_first_key(key_padding_mask: torch.Tensor, active: torch.Tensor) -> tor
 
 
 class AttentionPool(nn.Module):
-    """Pools tokens with a learned query; the softmax weights form the region map."""
+    """Pools tokens by gated attention; the softmax weights form the region map.
 
-    def __init__(self, dim: int) -> None:
+    Each token is scored by a small learned scorer, `w . tanh(V LN(h))`, as in
+    attention-based multiple-instance pooling: a defect occupies one or two of the die's
+    regions, and a pool that can put most of its weight there keeps the defect from being
+    averaged away by the regions that show nothing. The scorer's output layer starts at zero,
+    so a fresh pool is the plain mean.
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None) -> None:
         super().__init__()
-        self.query = nn.Parameter(torch.zeros(dim))
-        trunc_normal_(self.query, std=0.02)
-        self.scale = 1.0 / math.sqrt(dim)
+        hidden = hidden or dim // 2
+        self.norm = nn.LayerNorm(dim)
+        self.key = nn.Linear(dim, hidden)
+        self.score = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: tokens (B, K, D). Returns: pooled (B, D) and weights (B, K), rows summing to 1."""
-        scores = tokens @ self.query * self.scale  # B, K
+        scores = self.score(torch.tanh(self.key(self.norm(tokens)))).squeeze(-1)  # B, K
         weights = scores.softmax(dim=-1)  # B, K
         pooled = (weights.unsqueeze(-1) * tokens).sum(dim=1)  # B, D
         return pooled, weights

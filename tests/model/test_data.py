@@ -16,6 +16,7 @@ from model.data import (
     augment_batch,
     load_multimodal_dataset,
     load_split,
+    random_turns,
     train_scaler,
 )
 from model.schema import parameter_names
@@ -191,3 +192,19 @@ def test_augment_batch_keeps_constant_images_in_range():
     assert out.min() >= 0.0 and out.max() <= 1.0
     black = augment_batch(torch.zeros(4, 3, 16, 16, dtype=torch.uint8))
     assert torch.equal(black, torch.zeros(4, 3, 16, 16))
+
+
+def test_random_turns_give_each_image_one_symmetry_of_the_square():
+    images = torch.randn(200, 6, 8, 8)
+    out = random_turns(images, torch.Generator().manual_seed(0))
+
+    def symmetries(x):
+        turns = [torch.rot90(x, k, dims=(1, 2)) for k in range(4)]
+        return turns + [t.flip(2) for t in turns]
+
+    used = set()
+    for x, y in zip(images, out, strict=True):
+        matches = [i for i, s in enumerate(symmetries(x)) if torch.equal(s, y)]
+        assert matches, "not a flip or turn of its input"
+        used.add(matches[0])
+    assert len(used) == 8  # 200 images: every symmetry is drawn
