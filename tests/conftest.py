@@ -1,9 +1,9 @@
-"""Shared fixtures: one small synthetic data set per session, throw-away split copies, and
-a throw-away PostgreSQL database.
+"""Shared fixtures: one small synthetic data set per session, throw-away split copies, a
+throw-away PostgreSQL database, a loopback S3 server and a headless Chromium.
 
 PostgreSQL: the server at 127.0.0.1:5432 (trust auth, user postgres), or the admin URL in
 DIEGUARD_TEST_POSTGRES. Without one the PostgreSQL cases are skipped, or fail where
-DIEGUARD_REQUIRE_POSTGRES=1 (CI has one).
+DIEGUARD_REQUIRE_POSTGRES=1 (CI has one). Chromium likewise with DIEGUARD_REQUIRE_BROWSER=1.
 """
 
 from __future__ import annotations
@@ -20,12 +20,42 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from playwright.sync_api import sync_playwright
 
 from model.config import load_config
 from model.prepare import prepare
 from model.schema import IMAGES_DIR, NOTES_FILE
 from model.synthetic.generate import generate_dataset
 from model.train import train_model
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under Playwright, headless (`make test` installs it where it may).
+
+    Module-scoped: while Playwright's sync API is open, Prefect's sync calls in the same
+    thread see a running event loop. Without Chromium the browser tests skip, or fail where
+    DIEGUARD_REQUIRE_BROWSER=1 (CI)."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is not installed (apt-get install chromium)"
+        if os.environ.get("DIEGUARD_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -140,9 +170,7 @@ def s3_endpoint():
     """
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

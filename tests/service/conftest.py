@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from model.contract import read_split
 from model.onnx_runtime import operating_point_path
 from registry import log_bundle, open_store, promote, register
 from service.config import ServiceConfig, parse_keys
+from tests.conftest import free_port
 
 MODEL_NAME = "dieguard-service-tests"
 KEYS = {"station": "station-key-1", "operator": "operator-key-1", "admin": "admin-key-1"}
@@ -109,12 +109,6 @@ def variant(bundle: Path, dest: Path, threshold: float) -> Path:
     point = json.loads(point_file.read_text())
     point_file.write_text(json.dumps(point | {"threshold": threshold}))
     return dest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def live_config(tracking_uri: str, state_dir: Path, **changes) -> ServiceConfig:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import base64
-import os
-from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
 
 from model.schema import CLASS_NAMES
 from service.dashboard import templates
 from service.inspection_log import LogUnavailableError
 from tests.service.conftest import KEYS
 
-CHROMIUM = Path("/usr/bin/chromium")
 OPERATOR_NAME = "operator-1"  # the operator key's holder in the live_service fixture
 
 
@@ -39,24 +35,6 @@ def page_client(service, key: str = KEYS["operator"]) -> httpx.Client:
 def stored_feedback(service, die_id: str) -> list[dict]:
     rows = service.app.state.service.log.feedback(latest_only=False)
     return [r for r in rows if r["die_id"] == die_id]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium under Playwright, headless (`make test` installs it where it may).
-
-    Without it the browser tests skip, or fail where DIEGUARD_REQUIRE_BROWSER=1 (CI)."""
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is not installed (apt-get install chromium)"
-        if os.environ.get("DIEGUARD_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

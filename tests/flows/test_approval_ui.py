@@ -1,0 +1,149 @@
+"""The approval form in the real Prefect UI: a quality engineer opens the paused run in a
+browser, fills in the form and submits it, and the flow resumes with that decision.
+
+The Prefect test harness serves the API only, so this module starts `prefect server start`
+(API and UI) on a loopback port with its own home folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.events.worker import EventsWorker
+from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+
+from flows.approval import request_approval
+from tests.conftest import free_port
+
+SUMMARY = "### Approve dieguard-test version 7\n\nescape rate 0.42 %, FPR 11.3 %"
+
+
+@pytest.fixture(scope="module")
+def prefect_ui(tmp_path_factory) -> str:
+    """A Prefect server with its UI on a free loopback port; yields its base URL."""
+    port = free_port()
+    home = tmp_path_factory.mktemp("prefect_home")
+    env = os.environ | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_UI_ENABLED": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    }
+    command = [sys.executable, "-m", "prefect", "server", "start"]
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, server, home / "server.log")
+        yield url
+    finally:
+        EventsWorker.drain_all()  # the flow's events, sent before the server goes away
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the Prefect server did not answer within {timeout_s} s")
+
+
+@flow(name="approval-in-the-ui")
+def approval_in_the_ui():
+    return request_approval(SUMMARY, timeout_s=600)
+
+
+def run_in_background(api_url: str) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def target():
+        # Logs stay local: a log shipper left behind would retry the stopped server at exit.
+        settings = {PREFECT_API_URL: api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
+        with temporary_settings(settings):
+            try:
+                outcome["decision"] = approval_in_the_ui()
+            except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+                outcome["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, outcome
+
+
+def paused_run_id(api_url: str, timeout_s: float = 120) -> str:
+    paused = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+    )
+    deadline = time.monotonic() + timeout_s
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=paused)
+            if runs:
+                return str(runs[0].id)
+            time.sleep(0.5)
+    raise TimeoutError("no flow run paused for approval")
+
+
+def test_an_engineer_approves_in_the_prefect_ui(prefect_ui, browser):
+    api_url = f"{prefect_ui}/api"
+    thread, outcome = run_in_background(api_url)
+    run_id = paused_run_id(api_url)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{prefect_ui}/runs/flow-run/{run_id}")
+        page.get_by_role("button", name="Resume").first.click(timeout=60_000)
+        form = page.get_by_role("dialog")
+        form.get_by_text("Approve dieguard-test version 7").wait_for(timeout=30_000)
+        for label in (
+            "Approve",
+            "Approver",
+            "Reason",
+            "Reviewed Evaluation Report",
+            "Reviewed Fairness Audit",
+            "Reviewed Gate Verdicts",
+        ):
+            assert form.get_by_text(label, exact=False).count() >= 1, label
+        switches = form.get_by_role("switch")
+        assert switches.count() == 4  # approve and the three checklist items
+        for i in range(4):
+            switches.nth(i).click()
+        approver, reason = form.locator("textarea").all()
+        approver.fill("q.engineer")
+        reason.fill("figures hold on every fab")
+        form.get_by_role("button", name="Submit").click()
+        thread.join(timeout=120)
+    finally:
+        page.close()
+    assert not thread.is_alive(), "the flow did not resume after the form was submitted"
+    if "error" in outcome:
+        raise outcome["error"]
+    decision = outcome["decision"]
+    assert decision.approved and not decision.automatic
+    assert decision.approver == "q.engineer"
+    assert decision.reason == "figures hold on every fab"
+    assert all(decision.checklist.values())
