@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -24,7 +23,7 @@ from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
 from flows.approval import request_approval
-from tests.conftest import free_port
+from tests.conftest import answers_ok, free_port
 
 SUMMARY = "### Approve dieguard-test version 7\n\nescape rate 0.42 %, FPR 11.3 %"
 
@@ -60,16 +59,10 @@ def prefect_ui(tmp_path_factory) -> str:
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    if answers_ok(f"{url}/api/health", timeout_s, 1.0, alive=lambda: server.poll() is None):
+        return
+    if server.poll() is not None:
+        raise RuntimeError(f"the Prefect server exited:\n{log.read_text()[-2000:]}")
     raise TimeoutError(f"the Prefect server did not answer within {timeout_s} s")
 
 

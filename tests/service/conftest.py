@@ -22,7 +22,7 @@ from model.contract import read_split
 from model.onnx_runtime import operating_point_path
 from registry import log_bundle, open_store, promote, register
 from service.config import ServiceConfig, parse_keys
-from tests.conftest import free_port
+from tests.conftest import answers_ok, free_port
 
 MODEL_NAME = "dieguard-service-tests"
 KEYS = {"station": "station-key-1", "operator": "operator-key-1", "admin": "admin-key-1"}
@@ -137,15 +137,7 @@ def start_service(config: ServiceConfig, tracking_uri: str = "", ready_timeout_s
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
+    if not answers_ok(f"{url}/readyz", ready_timeout_s):
         server.should_exit = True
         thread.join(timeout=30)
         raise RuntimeError("the service did not become ready")
