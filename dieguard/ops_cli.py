@@ -126,8 +126,11 @@ def monitor(log_url, image_store, reference_dir, similar_uri, model_version, rep
 
 @click.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--station-key", envvar="DIEGUARD_STATION_KEY", required=True)
-@click.option("--operator-key", envvar="DIEGUARD_OPERATOR_KEY", required=True)
+@click.option("--station-key", envvar="DIEGUARD_STATION_KEY")
+@click.option("--operator-key", envvar="DIEGUARD_OPERATOR_KEY")
+@click.option("--serve", is_flag=True,
+              help="Serve the registry's champion in this process (its log and images under "
+                   "REPORT_DIR/service) instead of posting to --url with the keys.")  # fmt: skip
 @click.option("--clean", "clean_dir", type=click.Path(exists=True), required=True,
               help="A labelled split streamed before the drift.")  # fmt: skip
 @click.option("--drifted", "drifted_dir", type=click.Path(exists=True), required=True,
@@ -147,27 +150,43 @@ def monitor(log_url, image_store, reference_dir, similar_uri, model_version, rep
               help="Then roll out a challenger that passes every die.")  # fmt: skip
 @MODEL_NAME
 @TRACKING
-def simulate(url, station_key, operator_key, clean_dir, drifted_dir, hours, drift_at, rate,
-             hour_s, feedback_delay, log_url, image_store, reference_dir, report_dir,
+def simulate(url, station_key, operator_key, serve, clean_dir, drifted_dir, hours, drift_at,
+             rate, hour_s, feedback_delay, log_url, image_store, reference_dir, report_dir,
              retrain_deployment, bad_challenger, model_name, tracking_uri) -> None:  # fmt: skip
-    """Production on a compressed clock against a running service: a drift, the hourly
-    monitor's verdicts, and optionally a bad challenger's rollout (exits 3 unless it is
-    rolled back)."""
+    """Production on a compressed clock: a drift, the hourly monitor's verdicts, and
+    optionally a bad challenger's rollout (exits 3 unless it is rolled back)."""
     from monitoring.bad_challenger import format_events, simulate_bad_challenger
     from monitoring.simulate import simulate_drift
+    from service.embedded import ServiceNotReadyError, start_embedded
 
-    service = (url, station_key, operator_key)
-    timeline = simulate_drift(
-        *service, clean_dir, drifted_dir, log_url, reference_dir, image_store, report_dir,
-        hours, drift_at, rate, hour_s, feedback_delay, retrain_deployment=retrain_deployment,
-    )  # fmt: skip
-    click.echo(timeline.format())
-    if not bad_challenger:
-        return
-    result = simulate_bad_challenger(
-        *service, clean_dir, tracking_uri, model_name, log_url, f"{report_dir}/bundles",
-        hours, rate, hour_s, feedback_delay,
-    )  # fmt: skip
+    if serve:
+        try:
+            embedded = start_embedded(model_name, tracking_uri, f"{report_dir}/service")
+        except ServiceNotReadyError as err:
+            raise click.ClickException(
+                f"{err}: is there a champion of {model_name!r}? `make demo` registers one"
+            ) from err
+        url, station_key, operator_key = embedded.url, embedded.station_key, embedded.operator_key
+        log_url, image_store = embedded.config.log_url, str(embedded.config.state_dir / "images")
+        click.echo(f"service on {url} (log {log_url})")
+    elif not (station_key and operator_key):
+        raise click.UsageError("give --station-key and --operator-key, or --serve")
+    try:
+        service = (url, station_key, operator_key)
+        timeline = simulate_drift(
+            *service, clean_dir, drifted_dir, log_url, reference_dir, image_store, report_dir,
+            hours, drift_at, rate, hour_s, feedback_delay, retrain_deployment=retrain_deployment,
+        )  # fmt: skip
+        click.echo(timeline.format())
+        if not bad_challenger:
+            return
+        result = simulate_bad_challenger(
+            *service, clean_dir, tracking_uri, model_name, log_url, f"{report_dir}/bundles",
+            hours, rate, hour_s, feedback_delay,
+        )  # fmt: skip
+    finally:
+        if serve:
+            embedded.stop()
     click.echo(f"bad challenger version {result['version']}: {result['outcome']} "
                f"({result['reason']})")  # fmt: skip
     click.echo(format_events(result["events"]))

@@ -79,11 +79,11 @@ def simulate_bad_challenger(url, station_key, operator_key, clean_dir, tracking_
         except Exception as err:  # reported by the caller's thread
             result["error"] = err
 
+    tag = tag or f"c{int(time.time()) % 100000}-"
+    stream = read_stream(clean_dir)  # before the rollout's clock starts: it takes a while
+    schedule = hour_schedule(stream, stream, hours, hours, rate, tag)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    tag = tag or f"c{int(time.time()) % 100000}-"
-    stream = read_stream(clean_dir)
-    schedule = hour_schedule(stream, stream, hours, hours, rate, tag)
     rows = asyncio.run(run_stream(url, station_key, operator_key, schedule, hour_s,
                                   feedback_delay, stop=lambda: not thread.is_alive()))  # fmt: skip
     thread.join(timeout=max(60.0, 10 * hour_s))

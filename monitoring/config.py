@@ -49,6 +49,8 @@ class MonitorConfig:
     embedding_column_threshold: float = 1.0
     embedding_drift_share: float = 0.2  # 1 of 5 components
     notes_js_threshold: float = 0.35  # Jensen-Shannon distance of the word distributions
+    notes_null_quantile: float = 0.999  # and above this quantile of chance (reference) draws
+    notes_null_draws: int = 2000  # of as many reference notes as the window has
     new_word_share: float = 0.05  # share of the window's words that are new and recurring
     new_word_min_count: int = 2  # a word seen once is more often a typo than a new term
     min_notes: int = 20  # fewer notes in the window: the notes family is skipped

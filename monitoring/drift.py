@@ -11,8 +11,9 @@ Four families, each judged on its own and saved as an Evidently HTML report:
   dies of the same model version, projected on principal components fitted on the
   reference, the same metrics on the components;
 - notes: the word distributions, Evidently's Jensen-Shannon distance on the words; drifted
-  when it reaches the threshold or when recurring words unseen in the reference make up
-  a given share of the window's words (they are listed).
+  when it reaches the threshold and what as many reference notes reach by chance, or when
+  recurring words unseen in the reference make up a given share of the window's words
+  (they are listed).
 A family without enough data, or without its source, is skipped with the reason.
 """
 
@@ -22,6 +23,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 
 import lancedb
@@ -30,6 +32,7 @@ import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.metrics import DriftedColumnsCount, ValueDrift
 from PIL import Image
+from scipy import sparse
 
 from model.contract import read_split
 from model.schema import parameter_names
@@ -164,7 +167,7 @@ def image_drift(
     if len(current) < cfg.min_drift_dies:
         reason = f"{len(current)} readable images in the window ({unreadable} unreadable)"
         return _skip("images", cfg.image_drift_share, reason)
-    reference = pd.DataFrame([intensity_statistics(_pixels(p)) for p in reference_paths])
+    reference = reference_image_statistics(tuple(reference_paths)).copy()
     family = _column_family(
         "images", pd.DataFrame(current), reference, cfg.image_column_threshold,
         cfg.image_drift_share, out, now,
@@ -207,9 +210,15 @@ def embedding_drift(
 def notes_drift(
     current: list[str], reference: list[str], cfg: MonitorConfig, out: Path, now
 ) -> FamilyDrift:
-    """The notes family: the window's words against the reference notes' words."""
+    """The notes family: the window's words against the reference notes' words.
+
+    The distance of a few dozen notes from the reference is large by chance alone, and the
+    more so the fewer notes, so the limit is the larger of the configured distance and what
+    `written` notes drawn from the reference reach at the `notes_null_quantile`.
+    """
     cur = [w for note in current for w in WORD.findall(note.lower())]
-    ref = [w for note in reference for w in WORD.findall(note.lower())]
+    ref_notes = [WORD.findall(note.lower()) for note in reference]
+    ref = [w for words in ref_notes for w in words]
     written = sum(1 for note in current if note.strip())
     if written < cfg.min_notes or not ref:
         return _skip("notes", cfg.notes_js_threshold, f"{written} notes in the window")
@@ -227,16 +236,48 @@ def notes_drift(
     score = float(snapshot.dict()["metrics"][0]["value"])
     html = out / "notes.html"
     snapshot.save_html(str(html))
+    null = chance_distances(ref_notes, written, cfg.notes_null_draws, cfg.seed)
+    by_chance = float(np.quantile(null, cfg.notes_null_quantile))
+    limit = max(cfg.notes_js_threshold, by_chance)
     details = {
         "notes": written,
         "words": len(cur),
+        "js_threshold": cfg.notes_js_threshold,
+        "js_by_chance": round(by_chance, 4),
         "new_word_share": round(new_share, 4),
         "new_word_share_threshold": cfg.new_word_share,
         "new_words": dict(list(recurring.items())[:SHOWN_WORDS]),
         "new_words_seen_once": sum(1 for c in new.values() if c < cfg.new_word_min_count),
     }
-    drifted = score >= cfg.notes_js_threshold or new_share >= cfg.new_word_share
-    return FamilyDrift("notes", score, cfg.notes_js_threshold, drifted, details, str(html))
+    drifted = score >= limit or new_share >= cfg.new_word_share
+    return FamilyDrift("notes", score, limit, drifted, details, str(html))
+
+
+def chance_distances(notes: list[list[str]], k: int, draws: int, seed: int = 0) -> np.ndarray:
+    """Jensen-Shannon distances (natural log, as Evidently's) of the words of `k` notes drawn
+    from `notes` to the words of all of them, for `draws` draws: the null distribution."""
+    notes = [words for words in notes if words]  # `k` counts written notes
+    vocab = {w: j for j, w in enumerate(sorted({w for words in notes for w in words}))}
+    note_of = np.repeat(np.arange(len(notes)), [len(words) for words in notes])
+    word_of = np.array([vocab[w] for words in notes for w in words])
+    counts = sparse.csr_matrix((np.ones(len(word_of)), (note_of, word_of)))  # notes x words
+    picks = np.random.default_rng(seed).integers(0, len(notes), size=draws * k)
+    chosen = sparse.csr_matrix((np.ones(draws * k), (np.repeat(np.arange(draws), k), picks)),
+                               shape=(draws, len(notes)))  # fmt: skip
+    sample = (chosen @ counts).toarray()  # draws x words
+    return js_distances(np.asarray(counts.sum(axis=0)).ravel(), sample)
+
+
+def js_distances(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon distance (natural log) of the distribution `p` (V,) to each row of
+    `q` (D, V); both may be counts."""
+    p = p / p.sum()
+    q = q / q.sum(axis=1, keepdims=True)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log(p / m), 0.0).sum(axis=1)
+        kl_q = np.where(q > 0, q * np.log(q / m), 0.0).sum(axis=1)
+    return np.sqrt(np.maximum((kl_p + kl_q) / 2, 0.0))
 
 
 def intensity_statistics(pixels: np.ndarray) -> dict[str, float]:
@@ -312,6 +353,16 @@ def _process_frame(rows: list[dict]) -> pd.DataFrame:
 def _most_served(rows: list[dict]) -> str | None:
     served = Counter(str(r["model_version"]) for r in rows if r.get("model_version"))
     return served.most_common(1)[0][0] if served else None
+
+
+@lru_cache(maxsize=4)
+def reference_image_statistics(paths: tuple[Path, ...]) -> pd.DataFrame:
+    """Intensity statistics of the reference sample's images, one row each.
+
+    Kept for the process's later checks: a training split is a snapshot that never changes
+    (a new one has new paths), and reading a thousand images is most of an hourly check.
+    """
+    return pd.DataFrame([intensity_statistics(_pixels(p)) for p in paths])
 
 
 def _pixels(path: Path) -> np.ndarray:

@@ -7,8 +7,9 @@ sees the same history, appends are transactions, and a lost worker loses nothing
 
 The trigger rule (the seed: "any drift metric exceeding threshold for >6 consecutive hours"):
 a metric is *sustained* at `now` when its latest checks form an unbroken run of flagged checks
-that (1) has more than `hours` checks (7 for 6 h), (2) covers more than `hours` hours from the
-start of the first check's window to the last check, and (3) has no gap longer than
+that (1) has more than `hours / window_hours` checks (7 hourly checks for 6 h), (2) covers
+more than `hours` hours from the start of the first check's window to the last check, and
+(3) has no gap longer than
 `max_gap_hours` between two checks, nor between the last check and `now`. A clean check, a
 skipped one (too few dies to judge) or a longer silence ends the run. Only checks after the
 last retrain this monitor started (or found in progress and joined) count, so one episode of
@@ -144,15 +145,14 @@ class History:
             found = conn.execute(sa.select(CHECKS.c.metric).distinct())
             return sorted(r.metric for r in found)
 
-    def sustained(
-        self, metric: str, now: datetime, hours: float = 6.0, max_gap_hours: float = 1.5
-    ) -> bool:
+    def sustained(self, metric: str, now: datetime, hours: float = 6.0,
+                  max_gap_hours: float = 1.5, window_hours: float = 1.0) -> bool:  # fmt: skip
         """Whether the metric's drift is sustained at `now` (the module's rule), counting
         only checks after the last retrain this monitor started or joined."""
         last = self.last_trigger(before=now)
         since = None if last is None else last["triggered_at"] + timedelta(microseconds=1)
         run = flagged_run(self.series(metric, since, now), as_utc(now), max_gap_hours)
-        return is_sustained(run, hours)
+        return is_sustained(run, hours, window_hours)
 
     def record_trigger(
         self,
@@ -203,9 +203,10 @@ def flagged_run(checks: list[dict], now: datetime, max_gap_hours: float) -> list
     return run[::-1]
 
 
-def is_sustained(run: list[dict], hours: float) -> bool:
-    """More than `hours` checks covering more than `hours` hours."""
-    if len(run) < math.floor(hours) + 1:
+def is_sustained(run: list[dict], hours: float, window_hours: float = 1.0) -> bool:
+    """More than `hours / window_hours` checks (one per window) covering more than `hours`
+    hours. Both in the same unit, so a compressed clock that scales both keeps the rule."""
+    if len(run) < math.floor(hours / window_hours + 1e-9) + 1:
         return False
     covered = run[-1]["checked_at"] - run[0]["window_start"]
     return covered > timedelta(hours=hours)

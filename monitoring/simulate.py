@@ -2,10 +2,12 @@
 service, the hourly monitor through a drift, and a bad challenger's rollout and rollback.
 
 One simulated hour is `hour_s` real seconds. Dies leave at even times within each hour
-(`rate` per hour); an operator labels each die `feedback_delay` hours after it was sent:
+(`rate` per hour); an operator labels each die `feedback_delay` hours after its answer:
 confirm when the served class is its true label, else override with the true class. Every
 window of the monitor and the rollout is scaled by the same factor, so the seed's rules
-(drift sustained for more than 6 hours, the 4-hour escape window) keep their meaning.
+(drift sustained for more than 6 hours, the 4-hour escape window) keep their meaning. The
+hourly monitor runs with the clock stopped, after the hour's last answer, so each check
+judges its own hour's dies however loaded the machine is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -26,7 +28,7 @@ from monitoring.config import MonitorConfig
 from service.loadtest import DiePayload, inspect_form
 
 log = logging.getLogger("dieguard.simulate")
-HOUR_FIELDS = ("window_hours", "drift_window_hours", "sustained_hours", "max_gap_hours")
+HOUR_FIELDS = ("window_hours", "drift_window_hours", "sustained_hours")
 DEMO_MINIMUMS = {"min_defective_labels": 10, "min_good_labels": 10, "min_inspections": 20}
 
 
@@ -88,7 +90,12 @@ def hour_schedule(
 def scaled_thresholds(hour_s: float, overrides: dict | None = None) -> dict:
     """Monitor settings for a compressed hour: the windows and the trigger scaled by
     hour_s / 3600, label and inspection minimums lowered for a short stream; drift
-    thresholds unchanged. `overrides` win."""
+    thresholds unchanged. `overrides` win.
+
+    The gap rule (a silence between two checks breaks a run of flagged checks) keeps its
+    real hours: the simulated clock stops while a check runs, so real seconds between two
+    checks are not simulated time, and a run is counted in checks (more than 6).
+    """
     base, factor = MonitorConfig(), hour_s / 3600.0
     scaled = {name: getattr(base, name) * factor for name in HOUR_FIELDS}
     return scaled | DEMO_MINIMUMS | dict(overrides or {})
@@ -127,69 +134,79 @@ async def _label(client: httpx.AsyncClient, key: str, die: SimDie, served: int) 
 
 @dataclass
 class _Stream:
-    """Where a stream posts, its keys, its clock and what it counted per hour."""
+    """Where a stream posts, its keys, its label delay and what it counted per hour."""
 
     client: httpx.AsyncClient
     station_key: str
     operator_key: str
-    t0: float
-    hour_s: float
     delay_s: float
     counts: Counter = field(default_factory=Counter)
+    labels: list[asyncio.Task] = field(default_factory=list)
 
-    def hour(self, at: float) -> int:
-        return int((at - self.t0) // self.hour_s)
-
-    async def die_life(self, die: SimDie, due: float) -> None:
-        loop = asyncio.get_running_loop()
-        await _until(loop, due)
+    async def inspect(self, die: SimDie, hour: int, due: float) -> None:
+        """Post the die at `due`; once served, its label is due `delay_s` later."""
+        await _until(asyncio.get_running_loop(), due)
         served = await _inspect(self.client, self.station_key, die.payload)
-        self.counts[self.hour(due), "sent"] += 1
+        self.counts[hour, "sent"] += 1
         if served is None:
-            self.counts[self.hour(due), "errors"] += 1
+            self.counts[hour, "errors"] += 1
             return
-        await _until(loop, due + self.delay_s)
+        self.labels.append(asyncio.create_task(self.label(die, served, hour)))
+
+    async def label(self, die: SimDie, served: int, hour: int) -> None:
+        await asyncio.sleep(self.delay_s)
         if await _label(self.client, self.operator_key, die, served):
-            self.counts[self.hour(loop.time()), "labelled"] += 1
+            self.counts[hour, "labelled"] += 1
 
 
 async def run_stream(url, station_key, operator_key, schedule, hour_s, feedback_delay,
                      on_hour=None, stop=None) -> list[dict]:  # fmt: skip
-    """Send the schedule's dies and their labels; call `on_hour` at the end of each hour.
+    """Send the schedule's dies and their labels, an hour at a time.
+
+    With `on_hour`, the clock stops at each hour's end: once every die of the hour has its
+    answer, `on_hour` runs, and the next hour starts when it returns. Each check thus
+    judges its own hour's dies however long the service or the check take on a loaded
+    machine. Without it, the hours follow each other on the wall clock.
 
     Args:
         url: the service's base URL.
         schedule: the dies of each simulated hour (hour_schedule).
-        hour_s: real seconds per simulated hour; feedback_delay: hours until a die's label.
+        hour_s: real seconds per simulated hour; feedback_delay: hours from a die's answer
+            to its label.
         on_hour: on_hour(hour, now) -> dict, run in a thread at each hour's end, `now` being
-            that moment of the wall clock; its dict joins the hour's row.
+            the wall clock then; its dict joins the hour's row.
         stop: a callable asked after each hour; True ends the stream (labels still due
             are dropped).
     Returns:
-        One row per hour run: hour, sent, errors, labelled, and on_hour's fields.
+        One row per hour run: hour, sent, errors, labelled (labels of the hour's dies sent
+        before the stream ended), and on_hour's fields.
     """
     loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.5
-    wall0 = datetime.now(UTC) + timedelta(seconds=t0 - loop.time())
     rows = []
     async with httpx.AsyncClient(base_url=url, timeout=30.0, trust_env=False) as client:
-        s = _Stream(client, station_key, operator_key, t0, hour_s, feedback_delay * hour_s)
-        tasks = [
-            asyncio.create_task(s.die_life(die, t0 + (h + i / len(dies)) * hour_s))
-            for h, dies in enumerate(schedule)
-            for i, die in enumerate(dies)
-        ]
-        for h in range(len(schedule)):
-            await _until(loop, t0 + (h + 1) * hour_s)
-            now = wall0 + timedelta(seconds=(h + 1) * hour_s)
-            extra = await asyncio.to_thread(on_hour, h, now) if on_hour else {}
-            counts = {k: s.counts[h, k] for k in ("sent", "errors", "labelled")}
-            rows.append({"hour": h} | counts | extra)
+        s = _Stream(client, station_key, operator_key, feedback_delay * hour_s)
+        start, sent = loop.time() + 0.5, []
+        for h, dies in enumerate(schedule):
+            sends = [
+                asyncio.create_task(s.inspect(die, h, start + i / len(dies) * hour_s))
+                for i, die in enumerate(dies)
+            ]
+            sent += sends
+            await _until(loop, start + hour_s)
+            if on_hour is None:
+                row = {}
+            else:
+                await asyncio.gather(*sends)
+                row = await asyncio.to_thread(on_hour, h, datetime.now(UTC))
+            rows.append({"hour": h} | {k: s.counts[h, k] for k in ("sent", "errors")} | row)
+            start = max(start + hour_s, loop.time())
             if stop is not None and stop():
                 break
-        for task in tasks:
+        for task in sent + s.labels:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*sent, *s.labels, return_exceptions=True)
+    for row in rows:
+        row["labelled"] = s.counts[row["hour"], "labelled"]
     return rows
 
 

@@ -84,7 +84,9 @@ def record_checks(history_url: str, results: list, now: datetime, config: Monito
         return [
             m
             for m in drift
-            if history.sustained(m, now, config.sustained_hours, config.max_gap_hours)
+            if history.sustained(
+                m, now, config.sustained_hours, config.max_gap_hours, config.drift_window_hours
+            )
         ]
     finally:
         history.close()

@@ -14,12 +14,10 @@ import logging
 import os
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 from playwright.sync_api import sync_playwright
@@ -58,22 +56,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def answers_ok(
-    url: str, timeout_s: float, interval_s: float = 0.2, alive: Callable[[], bool] = lambda: True
-) -> bool:
-    """Poll GET `url` until it answers 200 (True), or the time runs out or `alive()` turns
-    False (False)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and alive():
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(interval_s)
-    return False
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,8 @@ from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
 from flows.approval import request_approval
-from tests.conftest import answers_ok, free_port
+from service.embedded import answers_ok
+from tests.conftest import free_port
 
 SUMMARY = "### Approve dieguard-test version 7\n\nescape rate 0.42 %, FPR 11.3 %"
 

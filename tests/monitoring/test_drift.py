@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial.distance import jensenshannon
 
 from model.contract import read_split
 from model.synthetic.generate import generate_dataset
@@ -17,6 +18,7 @@ from monitoring.drift import (
     embedding_drift,
     image_drift,
     intensity_statistics,
+    js_distances,
     measure_drift,
     notes_drift,
     process_drift,
@@ -135,6 +137,37 @@ def test_new_terms_drift_the_notes_family(tiny_data, drifted, tmp_path):
     assert {"qualified", "swap", "split"} <= set(new) and min(new.values()) >= 2
     assert family.details["new_word_share"] >= CONFIG.new_word_share
     assert Path(family.report).is_file()
+
+
+def test_a_few_clean_notes_are_judged_against_chance(tiny_data, tmp_path):
+    """24 notes of the clean split sit about 0.35 from the reference by chance alone: the
+    configured distance would flag most such windows, the chance quantile none."""
+    reference = read_split(tiny_data / "train").notes
+    written = [n for n in read_split(tiny_data / "test").notes if n.strip()]
+    families = [
+        notes_drift(written[i : i + 24], reference, CONFIG, tmp_path, NOW)
+        for i in range(0, len(written) - 24, 12)
+    ]
+    assert len(families) >= 4 and not any(f.drifted for f in families)
+    assert any(f.score >= CONFIG.notes_js_threshold for f in families)
+    for f in families:
+        assert f.threshold == pytest.approx(f.details["js_by_chance"], abs=1e-4)
+        assert f.threshold > CONFIG.notes_js_threshold
+
+
+def test_one_kind_of_note_over_and_over_drifts_the_notes_family(tiny_data, tmp_path):
+    reference = read_split(tiny_data / "train").notes
+    note = next(n for n in reference if n.strip())
+    family = notes_drift([note] * 24, reference, CONFIG, tmp_path, NOW)
+    assert family.drifted and family.score >= family.threshold
+    assert family.details["new_words"] == {}  # no new word: the distance decides
+
+
+def test_the_chance_distances_are_evidentlys_jensen_shannon():
+    rng = np.random.default_rng(0)
+    p, q = rng.integers(0, 5, 40).astype(float), rng.integers(0, 5, (3, 40)).astype(float)
+    expected = [jensenshannon(p / p.sum(), row / row.sum()) for row in q]
+    assert np.allclose(js_distances(p, q), expected)
 
 
 def test_too_few_notes_skip_the_notes_family(tmp_path):

@@ -21,10 +21,10 @@ def history(tmp_path):
     opened.close()
 
 
-def check(at: datetime, drifted: bool, score=0.2, skipped="") -> DriftResult:
-    """An hourly drift check of the process family (window: the hour before `at`)."""
+def check(at: datetime, drifted: bool, score=0.2, skipped="", window=HOUR) -> DriftResult:
+    """A drift check of the process family (window: the hour, or `window`, before `at`)."""
     family = FamilyDrift("process", None if skipped else score, 0.1, drifted, skipped=skipped)
-    return DriftResult(at - HOUR, at, 120, {"process": family})
+    return DriftResult(at - window, at, 120, {"process": family})
 
 
 def run_hours(history: History, flags: list[bool], start=T0, step=HOUR) -> datetime:
@@ -103,6 +103,17 @@ def test_frequent_checks_must_still_cover_more_than_six_hours(history):
     assert not history.sustained(METRIC, last)  # 31 checks: 1 h + 30 x 10 min = 6 h exactly
     history.append(check(last + step, True))
     assert history.sustained(METRIC, last + step)
+
+
+def test_a_compressed_clock_counts_checks_in_windows(history):
+    """A simulation's hour is 3 s and its checks, slower than that, come 13 s apart: two
+    of them span the scaled 6 hours, yet a run still needs seven, one per window."""
+    hour = timedelta(seconds=3)
+    scaled = {"hours": 6 * 3 / 3600, "max_gap_hours": 1.0, "window_hours": 3 / 3600}
+    at = [T0 + i * timedelta(seconds=13) for i in range(7)]
+    for t in at:
+        history.append(check(t, True, window=hour))
+        assert history.sustained(METRIC, t, **scaled) == (t == at[-1])
 
 
 def test_schedule_jitter_does_not_matter(history):

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from model.bundle import export_fp32_bundle
 from model.contract import read_split
 from model.onnx_runtime import operating_point_path
 from registry import log_bundle, open_store, promote, register
 from service.config import ServiceConfig, parse_keys
-from tests.conftest import answers_ok, free_port
+from service.embedded import serve_in_thread
 
 MODEL_NAME = "dieguard-service-tests"
 KEYS = {"station": "station-key-1", "operator": "operator-key-1", "admin": "admin-key-1"}
@@ -130,22 +128,7 @@ def start_service(config: ServiceConfig, tracking_uri: str = "", ready_timeout_s
     from service.app import create_app  # imported here: the other service tests need less
 
     app = create_app(config)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    if not answers_ok(f"{url}/readyz", ready_timeout_s):
-        server.should_exit = True
-        thread.join(timeout=30)
-        raise RuntimeError("the service did not become ready")
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(timeout=30)
-
+    url, stop = serve_in_thread(app, ready_timeout_s=ready_timeout_s)
     return LiveService(url, config, tracking_uri, app), stop
 
 

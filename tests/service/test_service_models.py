@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry import open_store, promote
+from service.embedded import ServiceNotReadyError
 from tests.service.conftest import (
     MODEL_NAME,
     live_config,
@@ -104,5 +105,5 @@ def test_no_champion_means_not_ready(tmp_path, dies):
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     open_store(uri)
     config = live_config(uri, tmp_path / "state")
-    with pytest.raises(RuntimeError, match="did not become ready"):
+    with pytest.raises(ServiceNotReadyError, match="did not become ready"):
         start_service(config, uri, ready_timeout_s=3)
