@@ -1,12 +1,14 @@
-"""The deployment files: every kustomize overlay rendered by kubectl, the alert rules and their
-unit tests run by promtool, the dashboard's queries, the Dockerfiles and ArgoCD applications.
+"""The deployment files: every kustomize overlay rendered by kubectl and checked by checkov,
+the alert rules and their unit tests run by promtool, the dashboard's queries, the
+Dockerfiles and ArgoCD applications.
 
-A test whose tool is missing (kubectl with kustomize v4.1 or newer, promtool) skips with the
-reason, and fails instead when DIEGUARD_REQUIRE_DEPLOY_TOOLS=1; `make tools` installs them.
+A test whose tool is missing (kubectl with kustomize v4.1 or newer, checkov, promtool) skips
+with the reason, and fails instead when DIEGUARD_REQUIRE_DEPLOY_TOOLS=1; `make tools` installs them.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -154,6 +156,44 @@ def test_credentials_are_secrets_by_reference_only(rendered, fab):
     for key, value in config["data"].items():
         assert not SENSITIVE.search(key), key
         assert urlsplit(value).password is None, key
+
+
+@pytest.fixture(scope="module")
+def checkov() -> str:
+    """checkov from its own environment (`make tools`), else from PATH."""
+    found = shutil.which("checkov", path=str(ROOT / ".tools" / "checkov" / "bin"))
+    if not (found or shutil.which("checkov")):
+        missing("checkov is not installed (`make tools` installs it)")
+    return found or shutil.which("checkov")
+
+
+def checkov_failures(checkov: str, objects: list[dict], folder: Path) -> list[str]:
+    """checkov's failed checks on these objects, with deployments/k8s/.checkov.yaml."""
+    path = folder / "rendered.yaml"
+    path.write_text(yaml.safe_dump_all(objects))
+    config = str(DEPLOY / "k8s" / ".checkov.yaml")
+    result = run(checkov, "--config-file", config, "-f", str(path), "-o", "json")
+    report = json.loads(result.stdout)
+    assert report["summary"]["resource_count"] >= len(objects), result.stderr  # + their pods
+    failed = report["results"]["failed_checks"]
+    return [f"{c['check_id']} ({c['check_name']}): {c['resource']}" for c in failed]
+
+
+@pytest.mark.parametrize("fab", OVERLAYS)
+def test_rendered_overlays_pass_the_static_checks(rendered, checkov, fab, tmp_path):
+    """Every checkov Kubernetes check but the two skipped in .checkov.yaml, with reasons."""
+    failures = checkov_failures(checkov, rendered[fab], tmp_path)
+    assert not failures, "\n".join(failures)
+
+
+def test_the_static_checker_refuses_a_privileged_root_station(rendered, checkov, tmp_path):
+    objects = copy.deepcopy(rendered["fab-a"])
+    station = component(objects, "Deployment", "station")[0]
+    station["spec"]["template"]["spec"].pop("securityContext")
+    containers(station)[0]["securityContext"] = {"privileged": True, "runAsUser": 0}
+    failures = checkov_failures(checkov, objects, tmp_path)
+    assert any(f.startswith("CKV_K8S_16 ") for f in failures), failures  # privileged
+    assert all("station-1" in f for f in failures), failures  # only the changed one
 
 
 def test_prometheus_scrapes_every_rendered_station(rendered):
