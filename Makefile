@@ -51,12 +51,13 @@ demo: data
 	$(BIN)/dieguard retrain --config $(CONFIG) --auto-approve data_dir=$(DATA) || [ $$? -eq 2 ]
 	$(MAKE) --no-print-directory simulate
 
-# Half a simulated day of production on the champion, 5 s an hour: the hourly monitor flags
-# a recipe drift from hour 3 and calls it sustained after more than 6 hours; then a
-# challenger that passes every die goes into shadow mode and is rolled back automatically.
+# Half a simulated day of production on the champion, 5 s an hour: the hourly monitor judges
+# drift against the champion's training split (from its lineage), flags a recipe drift from
+# hour 3 and calls it sustained after more than 6 hours; then a challenger that passes every
+# die goes into shadow mode and is rolled back automatically.
 simulate: data $(DRIFTED)/synth_truth.csv
 	$(BIN)/dieguard simulate --serve --clean $(DATA)/test --drifted $(DRIFTED)/test \
-		--reference-dir $(DATA)/train --hours 12 --drift-at 3 --rate 40 --hour-s 5 --bad-challenger
+		--hours 12 --drift-at 3 --rate 40 --hour-s 5 --bad-challenger
 
 ui: $(STAMP)
 	BIN=$(BIN) deployments/local_ui.sh
@@ -73,9 +74,10 @@ loadtest: $(STAMP)
 	$(BIN)/dieguard loadtest --url http://127.0.0.1:$(PORT) --key demo-station-key \
 		--find-max --rate 5 --rate 10 --rate 15 --rate 20 --rate 25 --rate 30 --rate 40 --duration 20
 
-# One monitoring check of the service's log against the training data (hourly in production).
+# One monitoring check of the service's log against the champion's training data (hourly in
+# production).
 monitor: $(STAMP)
-	$(BIN)/dieguard monitor --reference-dir $(DATA)/train --no-retrain
+	$(BIN)/dieguard monitor --no-retrain
 
 # The dashboard tests drive Debian's Chromium; install it where we may (root), else they skip.
 browser:

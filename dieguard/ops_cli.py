@@ -17,6 +17,13 @@ LOG_URL = click.option(
     help="The inspection log's database.",
 )
 
+REFERENCE_DIR = click.option(
+    "--reference-dir",
+    default=None,
+    help="A split folder to judge drift against (default: the champion's training split, "
+    "from its lineage in the registry).",
+)
+
 
 @click.group()
 def rollout() -> None:
@@ -86,15 +93,16 @@ def rollout_stop(reason, model_name, tracking_uri) -> None:
 @click.command(context_settings={"ignore_unknown_options": True})
 @LOG_URL
 @click.option("--image-store", default="runs/service/images", show_default=True)
-@click.option("--reference-dir", default="data/default/train", show_default=True,
-              help="The champion's training split.")  # fmt: skip
+@REFERENCE_DIR
 @click.option("--similar-uri", default="runs/service/similar", show_default=True)
 @click.option("--model-version", default=None, help="Whose embeddings (default: most served).")
 @click.option("--report-dir", default="runs/monitor", show_default=True)
 @click.option("--no-retrain", is_flag=True, help="Report sustained drift, start no retrain.")
+@MODEL_NAME
+@TRACKING
 @click.argument("thresholds", nargs=-1)
 def monitor(log_url, image_store, reference_dir, similar_uri, model_version, report_dir,
-            no_retrain, thresholds) -> None:  # fmt: skip
+            no_retrain, model_name, tracking_uri, thresholds) -> None:  # fmt: skip
     """One monitoring check now: 24 h figures and alerts, the last hour's drift, the trigger.
 
     Thresholds are `key=value` monitor settings, e.g. `max_fpr=0.2`.
@@ -112,6 +120,8 @@ def monitor(log_url, image_store, reference_dir, similar_uri, model_version, rep
         log_url=log_url,
         image_store=image_store,
         reference_dir=reference_dir,
+        model_name=model_name,
+        tracking_uri=tracking_uri,
         similar_uri=similar_uri,
         model_version=model_version,
         report_dir=report_dir,
@@ -142,8 +152,7 @@ def monitor(log_url, image_store, reference_dir, similar_uri, model_version, rep
 @click.option("--feedback-delay", default=1.0, show_default=True, help="Hours to a label.")
 @LOG_URL
 @click.option("--image-store", default="runs/service/images", show_default=True)
-@click.option("--reference-dir", default="data/default/train", show_default=True,
-              help="The champion's training split.")  # fmt: skip
+@REFERENCE_DIR
 @click.option("--report-dir", default="runs/simulate", show_default=True)
 @click.option("--retrain-deployment", default="", help="Start it on sustained drift.")
 @click.option("--bad-challenger", is_flag=True,
@@ -176,6 +185,7 @@ def simulate(url, station_key, operator_key, serve, clean_dir, drifted_dir, hour
         timeline = simulate_drift(
             *service, clean_dir, drifted_dir, log_url, reference_dir, image_store, report_dir,
             hours, drift_at, rate, hour_s, feedback_delay, retrain_deployment=retrain_deployment,
+            model_name=model_name, tracking_uri=tracking_uri,
         )  # fmt: skip
         click.echo(timeline.format())
         if not bad_challenger:

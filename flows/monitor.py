@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from monitoring.config import MonitorConfig
 from service.log_tables import as_utc
 from tasks.monitor import (
+    champion_reference,
     measure_window,
     measure_window_drift,
     publish_checks,
@@ -31,7 +32,10 @@ RETRAIN_DEPLOYMENT = "weekly-retrain/weekly-retrain"
 def monitor(
     log_url: str = "sqlite:///runs/service/inspections.db",
     image_store: str | None = "runs/service/images",
-    reference_dir: str = "data/default/train",
+    reference_dir: str | None = None,
+    model_name: str = "dieguard",
+    tracking_uri: str | None = None,
+    cache_dir: str = ".cache/dieguard",
     similar_uri: str | None = None,
     model_version: str | None = None,
     report_dir: str = "runs/monitor",
@@ -47,7 +51,11 @@ def monitor(
     Args:
         log_url: the inspection log's database.
         image_store: the service's image store folder (None: no image drift).
-        reference_dir: the champion's training split (dataset contract).
+        reference_dir: a split folder to judge drift against (dataset contract); None:
+            the champion's training split, from its lineage in the registry, so the
+            reference follows every promotion.
+        model_name, tracking_uri: the registry of that champion (None: mlruns/mlflow.db).
+        cache_dir: where a champion trained on ``s3://`` data has its snapshot fetched.
         similar_uri, model_version: the similar-defect store and the version whose
             embeddings to compare (default version: the one that served most of the hour).
         report_dir: the Evidently HTML reports go to `<report_dir>/<check time>/`.
@@ -58,12 +66,16 @@ def monitor(
             sustained drift is only reported).
         retrain_parameters: parameters of that run (default: the deployment's).
     Returns:
-        alerts, drifted families, sustained metrics, the retrain (or None), report paths.
+        alerts, drifted families, sustained metrics, the retrain (or None), report paths,
+        the window's and the drift's figures, and the reference folder judged against.
     """
     log = get_run_logger()
     now = datetime.now(UTC) if now is None else as_utc(now)
     cfg = MonitorConfig.from_overrides(thresholds)
     folder = Path(report_dir) / f"{now:%Y%m%dT%H%M%SZ}"
+    if reference_dir is None:
+        reference_dir = champion_reference(tracking_uri, model_name, cache_dir)
+        log.info("drift reference: the champion's training split %s", reference_dir)
     window = measure_window(log_url, now, cfg)
     drift = measure_window_drift(
         log_url, now, cfg, reference_dir, image_store, folder, similar_uri, model_version
@@ -93,6 +105,7 @@ def monitor(
         "reports": reports,
         "window": window.as_dict(),
         "drift": drift.as_dict(),
+        "reference_dir": str(reference_dir),
     }
 
 

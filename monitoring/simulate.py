@@ -260,13 +260,16 @@ def _names(items) -> str:
 def simulate_drift(url, station_key, operator_key, clean_dir, drifted_dir, log_url,
                    reference_dir, image_store=None, report_dir="runs/simulate", hours=12,
                    drift_at=4, rate=40, hour_s=5.0, feedback_delay=1.0, thresholds=None,
-                   retrain_deployment="", tag=None) -> Timeline:  # fmt: skip
+                   retrain_deployment="", tag=None, model_name="dieguard",
+                   tracking_uri=None) -> Timeline:  # fmt: skip
     """Stream the clean split, then the drifted one, and run the monitor every hour.
 
     Args:
         url, station_key, operator_key: the running service and its keys.
         clean_dir, drifted_dir: labelled split folders (dataset contract).
-        log_url, reference_dir, image_store, report_dir: as for the monitor flow.
+        log_url, reference_dir, image_store, report_dir: as for the monitor flow
+            (reference_dir None: the champion's training split, from `model_name` in the
+            registry at `tracking_uri`).
         hours, drift_at, rate, hour_s, feedback_delay: the stream (see the module).
         thresholds: monitor settings over scaled_thresholds(hour_s).
         retrain_deployment: "" reports sustained drift only; else the deployment to start.
@@ -284,7 +287,8 @@ def simulate_drift(url, station_key, operator_key, clean_dir, drifted_dir, log_u
     def check(hour: int, now: datetime) -> dict:
         result = monitor(
             log_url=log_url, image_store=image_store and str(image_store),
-            reference_dir=str(reference_dir), report_dir=str(report_dir), now=now,
+            reference_dir=reference_dir and str(reference_dir), model_name=model_name,
+            tracking_uri=tracking_uri, report_dir=str(report_dir), now=now,
             thresholds=settings, retrain_deployment=retrain_deployment,
         )  # fmt: skip
         families = result["drift"]["families"].values()

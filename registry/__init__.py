@@ -4,7 +4,7 @@ Pure functions over an explicit store or client; importing this package touches 
 """
 
 from registry.aliases import CHALLENGER, CHAMPION, PREVIOUS, champion, resolve
-from registry.audit import audit
+from registry.audit import audit, training_split
 from registry.audit_text import format_audit
 from registry.bundle import BundleError, download_bundle
 from registry.bundle_run import log_bundle
@@ -38,4 +38,5 @@ __all__ = [
     "register",
     "resolve",
     "rollback",
+    "training_split",
 ]

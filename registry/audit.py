@@ -64,6 +64,23 @@ def audit(client: MlflowClient, model_name: str, version: str | int) -> dict:
     }
 
 
+def training_split(client: MlflowClient, model_name: str, alias: str = "champion") -> dict:
+    """The training split of the version `alias` points to, from its run's dataset inputs.
+
+    Returns:
+        name ("train"), digest, source (a local folder or a URI), context and rows.
+    Raises:
+        MlflowException: no such alias.
+        LookupError: the version's training run recorded no training split.
+    """
+    version = client.get_model_version_by_alias(model_name, alias).version
+    splits = audit(client, model_name, version)["data"]["splits"]
+    found = [s for s in splits if s["name"] == "train"]
+    if not found:
+        raise LookupError(f"{model_name} version {version} ({alias}) has no training split")
+    return found[0]
+
+
 def _training(run) -> dict:
     info, data = run.info, run.data
     return {

@@ -37,6 +37,35 @@ WINDOW_FIELDS = ("flagged", "latency_ms", "operator_notes", "model_version")
 DRIFT_FIELDS = ("die_id", "process_log", "operator_notes", "image_ref", "model_version")
 
 
+def _unreachable(task, task_run, state) -> bool:
+    """Retry when the registry could not be read, not when it has no such champion."""
+    from mlflow.exceptions import MlflowException
+
+    err = state.result(raise_on_failure=False)
+    missing = isinstance(err, MlflowException) and err.error_code == "RESOURCE_DOES_NOT_EXIST"
+    return not (missing or isinstance(err, LookupError))
+
+
+@task(
+    cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_unreachable
+)
+def champion_reference(tracking_uri: str | None, model_name: str, cache_dir: str) -> str:
+    """The champion's training split as a local folder: the folder its training run read,
+    or the snapshot of its ``s3://`` data set, fetched into `cache_dir` when not there yet.
+
+    Raises:
+        LookupError: the champion's training run recorded no training split.
+    """
+    from model.remote import is_remote, resolve_data_dir
+    from registry import open_store, training_split
+
+    source = training_split(open_store(tracking_uri).client, model_name)["source"]
+    if not is_remote(source):
+        return source
+    data_set, _, split = source.rstrip("/").rpartition("/")
+    return str(Path(resolve_data_dir(data_set, cache_dir)) / split)
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
 def measure_window(log_url: str, now: datetime, config: MonitorConfig) -> WindowReport:
     """The rolling performance figures and alerts of the window ending at `now`."""

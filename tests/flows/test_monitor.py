@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from mlflow.exceptions import MlflowException
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -21,9 +22,11 @@ from flows.monitor import monitor
 from model.contract import read_split
 from monitoring.drift import DriftResult, FamilyDrift
 from monitoring.history import History
+from registry import Split, open_store, promote, register
 from service.image_store import ImageStore
 from service.inspection_log import InspectionLog
 from tests.monitoring.test_drift import window_records
+from tests.registry.fake_run import KIND, build_run, log_fake_run
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -87,16 +90,17 @@ def site(tiny_data, tmp_path_factory):
     return {"url": url, "images": str(store.root), "reference": str(tiny_data / "train")}
 
 
-def run_monitor(site, tmp_path, now, history_url=None):
+def run_monitor(site, tmp_path, now, history_url=None, **where):
     state = monitor(
         log_url=site["url"],
         image_store=site["images"],
-        reference_dir=site["reference"],
+        reference_dir=where.pop("reference_dir", site["reference"]),
         report_dir=str(tmp_path / "reports"),
         now=now,
         thresholds=FAST,
         history_url=history_url,
         return_state=True,
+        **where,
     )
     return state.result(), state.state_details.flow_run_id
 
@@ -177,3 +181,21 @@ def test_sustained_drift_starts_one_retrain(site, tmp_path):
     assert len(retrain_runs()) == 1
     last = History(other).last_trigger()
     assert last["started"] is False and last["flow_run_id"] == result["retrain"]["flow_run_id"]
+
+
+def test_without_a_reference_the_champions_training_split_is_judged_against(
+    site, tiny_data, tmp_path
+):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = open_store(uri)
+    files = build_run(tmp_path / "run")
+    files["splits"]["train"] = Split("train-digest", tiny_data / "train", rows=360)
+    logged = log_fake_run(store, files)
+    version = register(store.client, "dieguard-monitored", logged.serving[KIND], {})
+    where = {"reference_dir": None, "model_name": "dieguard-monitored", "tracking_uri": uri}
+    with pytest.raises(MlflowException):  # no champion yet: nothing to judge against
+        run_monitor(site, tmp_path, NOW, **where)
+    promote(store.client, "dieguard-monitored", version, "first champion")
+    result, _ = run_monitor(site, tmp_path, NOW, **where)
+    assert result["reference_dir"] == str((tiny_data / "train").resolve())
+    assert result["drifted"] == [] and set(result["reports"]) == {"process", "images", "notes"}

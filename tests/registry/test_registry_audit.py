@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 
-from registry import audit, format_audit, promote, record_approval, record_event, register
+from registry import (
+    audit,
+    format_audit,
+    promote,
+    record_approval,
+    record_event,
+    register,
+    training_split,
+)
 from tests.registry.fake_run import DATA_DIGEST, GIT_COMMIT, INT8_THRESHOLD, KIND, SPLIT_DIGESTS
 
 LINEAGE = {
@@ -86,3 +96,13 @@ def test_format_audit_has_the_key_lines(story, logged):
         "rollout      percent=100",
     ):
         assert needle in text, needle
+
+
+def test_training_split_follows_the_champion(store, logged, model_name, run_files):
+    version = register(store.client, model_name, logged.serving[KIND], LINEAGE)
+    with pytest.raises(MlflowException):
+        training_split(store.client, model_name)  # no champion yet
+    promote(store.client, model_name, version, "first champion")
+    split = training_split(store.client, model_name)
+    assert split["digest"] == SPLIT_DIGESTS["train"]
+    assert split["source"] == str(Path(run_files["splits"]["train"].source).resolve())
