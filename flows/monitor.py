@@ -8,12 +8,13 @@ already in progress.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from monitoring.config import MonitorConfig
+from monitoring.drift import REPORT_FOLDER, prune_reports
 from service.log_tables import as_utc
 from tasks.monitor import (
     champion_reference,
@@ -72,7 +73,7 @@ def monitor(
     log = get_run_logger()
     now = datetime.now(UTC) if now is None else as_utc(now)
     cfg = MonitorConfig.from_overrides(thresholds)
-    folder = Path(report_dir) / f"{now:%Y%m%dT%H%M%SZ}"
+    folder = Path(report_dir) / f"{now:{REPORT_FOLDER}}"
     if reference_dir is None:
         reference_dir = champion_reference(tracking_uri, model_name, cache_dir)
         log.info("drift reference: the champion's training split %s", reference_dir)
@@ -81,6 +82,11 @@ def monitor(
         log_url, now, cfg, reference_dir, image_store, folder, similar_uri, model_version
     )
     publish_checks(window, drift)
+    if cfg.report_retention_days > 0:
+        old = prune_reports(report_dir, now - timedelta(days=cfg.report_retention_days))
+        if old:
+            log.info("deleted the reports of %d checks older than %g days", len(old),
+                     cfg.report_retention_days)  # fmt: skip
     reports = {f.name: f.report for f in drift.families.values() if f.report}
     for name, path in reports.items():
         publish_report(path, f"drift-{name}", f"Evidently drift report: {name}")

@@ -54,6 +54,7 @@ class MonitorConfig:
     new_word_share: float = 0.05  # share of the window's words that are new and recurring
     new_word_min_count: int = 2  # a word seen once is more often a typo than a new term
     min_notes: int = 20  # fewer notes in the window: the notes family is skipped
+    report_retention_days: float = 30.0  # HTML reports of older checks are deleted (0: kept)
 
     # the retraining trigger (the seed: above threshold for more than 6 consecutive hours)
     sustained_hours: float = 6.0

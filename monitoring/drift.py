@@ -20,9 +20,10 @@ A family without enough data, or without its source, is skipped with the reason.
 from __future__ import annotations
 
 import re
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -88,6 +89,27 @@ class DriftResult:
     def as_dict(self) -> dict:
         """JSON-ready (ISO times)."""
         return asdict(self) | {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+REPORT_FOLDER = "%Y%m%dT%H%M%SZ"  # one folder of HTML reports per check, named by its time
+
+
+def prune_reports(report_dir: str | Path, before: datetime) -> list[Path]:
+    """Delete the check folders (`<report_dir>/<check time>/`) of checks before `before`.
+
+    A few megabytes a family an hour add up; anything not named like a check folder is
+    left alone. Returns the deleted folders.
+    """
+    removed = []
+    for folder in sorted(Path(report_dir).glob("*T*Z")):
+        try:
+            when = datetime.strptime(folder.name, REPORT_FOLDER).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        if folder.is_dir() and when < before:
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 def measure_drift(

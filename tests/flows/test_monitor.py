@@ -133,7 +133,10 @@ def artifacts(flow_run_id) -> dict:
 
 
 def test_a_clean_hour_publishes_reports_and_starts_nothing(site, tmp_path):
+    stale = tmp_path / "reports" / f"{NOW - timedelta(days=31):%Y%m%dT%H%M%SZ}"
+    stale.mkdir(parents=True)  # a check's reports from 31 days ago: past the 30-day retention
     result, run_id = run_monitor(site, tmp_path, NOW)
+    assert not stale.exists() and (tmp_path / "reports" / f"{NOW:%Y%m%dT%H%M%SZ}").is_dir()
     assert result["drifted"] == [] and result["sustained"] == [] and result["retrain"] is None
     assert result["window"]["inspections"] == 120 and result["window"]["labelled"] == 20
     assert set(result["reports"]) == {"process", "images", "notes"}

@@ -22,6 +22,7 @@ from monitoring.drift import (
     measure_drift,
     notes_drift,
     process_drift,
+    prune_reports,
 )
 from service.image_store import ImageStore
 from service.similar import SimilarDefects
@@ -224,3 +225,16 @@ def test_embeddings_skip_without_a_store_or_an_index(tmp_path):
     )
     skipped = embedding_drift(rows, uri, "4", CONFIG, tmp_path, NOW).skipped
     assert skipped.startswith("version 4's index holds 0 training dies")
+
+
+def test_only_check_folders_older_than_the_limit_are_pruned(tmp_path):
+    names = ["20260301T100000Z", "20260302T100000Z", "20260302T130000Z", "notes-backup"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "process.html").write_text("<html></html>")
+    (tmp_path / "20260101T000000Z").write_text("a file, not a check folder")
+    removed = prune_reports(tmp_path, NOW)  # 2026-03-02 12:00
+    assert [p.name for p in removed] == ["20260301T100000Z", "20260302T100000Z"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "20260101T000000Z", "20260302T130000Z", "notes-backup",
+    ]  # fmt: skip
