@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
-from registry.aliases import aliases_of
+from registry.aliases import CHAMPION, aliases_of
 from registry.datasets import run_splits
 from registry.events import events
 from registry.lifecycle import HISTORY_TAGS
@@ -29,7 +29,7 @@ def audit(client: MlflowClient, model_name: str, version: str | int) -> dict:
     """
     mv = client.get_model_version(model_name, str(version))
     tags = dict(mv.tags)
-    lineage = {k[len(LINEAGE) :]: from_text(v) for k, v in tags.items() if k.startswith(LINEAGE)}
+    lineage = _lineage(tags)
     run_id = lineage.get(RUN_ID) or mv.run_id
     run = client.get_run(run_id) if run_id else None
     run_tags = run.data.tags if run else {}
@@ -64,7 +64,7 @@ def audit(client: MlflowClient, model_name: str, version: str | int) -> dict:
     }
 
 
-def training_split(client: MlflowClient, model_name: str, alias: str = "champion") -> dict:
+def training_split(client: MlflowClient, model_name: str, alias: str = CHAMPION) -> dict:
     """The training split of the version `alias` points to, from its run's dataset inputs.
 
     Returns:
@@ -73,12 +73,18 @@ def training_split(client: MlflowClient, model_name: str, alias: str = "champion
         MlflowException: no such alias.
         LookupError: the version's training run recorded no training split.
     """
-    version = client.get_model_version_by_alias(model_name, alias).version
-    splits = audit(client, model_name, version)["data"]["splits"]
+    mv = client.get_model_version_by_alias(model_name, alias)
+    run_id = _lineage(dict(mv.tags)).get(RUN_ID) or mv.run_id
+    splits = run_splits(client.get_run(run_id)) if run_id else []
     found = [s for s in splits if s["name"] == "train"]
     if not found:
-        raise LookupError(f"{model_name} version {version} ({alias}) has no training split")
+        raise LookupError(f"{model_name} version {mv.version} ({alias}) has no training split")
     return found[0]
+
+
+def _lineage(tags: dict) -> dict:
+    """A version's lineage tags, without their prefix, values decoded."""
+    return {k[len(LINEAGE) :]: from_text(v) for k, v in tags.items() if k.startswith(LINEAGE)}
 
 
 def _training(run) -> dict:

@@ -13,8 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from service.config import ServiceConfig
 
 
 class ServiceNotReadyError(RuntimeError):
@@ -74,7 +78,7 @@ class EmbeddedService:
     url: str
     station_key: str
     operator_key: str
-    config: object  # service.config.ServiceConfig
+    config: ServiceConfig
     stop: Callable[[], None]
 
 
