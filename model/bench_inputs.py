@@ -48,7 +48,7 @@ def bench_inputs(
     """Args: the model's config; a data folder, Prepared or None; the largest batch; a folder
     for prepared statistics. Returns: BenchInputs.
     """
-    regions = (cfg.model.img_size // cfg.model.patch_size) ** 2
+    regions = cfg.model.num_regions
     if data is None:
         arrays = {k: v.numpy() for k, v in example_inputs(cfg, n).items()}
         notes = list(ROUTINE)

@@ -24,6 +24,8 @@ class ModelConfig:
     """Shapes of the multimodal network and of the vision-only baseline."""
 
     img_size: int = 256  # images are resized to this once, when cached
+    encoder_size: int = 0  # side the image encoders work at (0: img_size); the golden-die
+    # comparison runs at img_size first, so a smaller encoder still sees full-resolution residuals
     patch_size: int = 16
     embed_dim: int = 256
     vit_dim: int = 192
@@ -42,6 +44,22 @@ class ModelConfig:
     dropout: float = 0.1
     num_classes: int = 5
     baseline_weights: str | None = None  # local ResNet-18 weights; random init when absent
+
+    def __post_init__(self) -> None:
+        if self.encoder_size and self.img_size % self.encoder_size:
+            raise ValueError(
+                f"model.encoder_size {self.encoder_size} must divide model.img_size {self.img_size}"
+            )
+
+    @property
+    def encoder_stride(self) -> int:
+        """How many input pixels, along each side, make one pixel the image encoders see."""
+        return self.img_size // (self.encoder_size or self.img_size)
+
+    @property
+    def num_regions(self) -> int:
+        """Visual tokens per die: the cells of the region map."""
+        return ((self.encoder_size or self.img_size) // self.patch_size) ** 2
 
 
 @dataclass
@@ -147,7 +165,10 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
             kwargs[name] = _build(type(default), value, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, default, prefix + name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a check across fields (see __post_init__)
+        raise ConfigError(str(err)) from err
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:

@@ -6,6 +6,7 @@ Each encoder maps its raw input to a sequence of `embed_dim` tokens; fusion happ
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -31,18 +32,23 @@ class ImageNormalize(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """A patch ViT (no class token, randomly initialised) followed by a projection to embed_dim."""
+    """A patch ViT (no class token, randomly initialised) followed by a projection to embed_dim.
+
+    With a golden die, each token also carries its region's residual peaks (ResidualPeaks).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.normalize = ImageNormalize()
-        self.reference = None
+        self.reference = self.peaks = None
         channels = 3
         if cfg.golden_reference:
             self.reference = GoldenReference(len(FABS), cfg.img_size, cfg.reference_shift)
+            self.peaks = ResidualPeaks(cfg.patch_size * cfg.encoder_stride, cfg.embed_dim)
             channels = 6  # the standardised image and its difference from the golden die
+        self.stride = cfg.encoder_stride
         self.vit = VisionTransformer(
-            img_size=cfg.img_size,
+            img_size=cfg.img_size // self.stride,
             patch_size=cfg.patch_size,
             in_chans=channels,
             embed_dim=cfg.vit_dim,
@@ -55,13 +61,38 @@ class ImageEncoder(nn.Module):
         if cfg.conv_stem:
             self.vit.patch_embed.proj = conv_stem(cfg.patch_size, cfg.vit_dim, channels)
         self.proj = nn.Linear(cfg.vit_dim, cfg.embed_dim)
-        self.num_regions = (cfg.img_size // cfg.patch_size) ** 2
+        self.num_regions = cfg.num_regions
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images (B, 3, H, W) in [0, 1]. Returns: visual tokens (B, K, D)."""
         x = self.normalize(images) if self.reference is None else self.reference(images)
-        x = self.vit.forward_features(x)  # B, K, vit_dim
-        return self.proj(x)  # B, K, D
+        tokens = self.proj(self.vit.forward_features(shrink(x, self.stride)))  # B, K, D
+        return tokens if self.peaks is None else tokens + self.peaks(x[:, 3:])
+
+
+class ResidualPeaks(nn.Module):
+    """Each region's peak golden-die residual, per channel, embedded as a token feature.
+
+    A scratch one pixel wide barely moves a region's average, so it fades in a patch
+    embedding; its peak, taken at full resolution over a 3x3 local mean (which tames the
+    noise of single pixels), stands out.
+    """
+
+    def __init__(self, region_px: int, dim: int) -> None:
+        super().__init__()
+        self.region_px = region_px
+        self.embed = nn.Sequential(nn.Linear(3, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        """Args: residual (B, 3, H, W). Returns: (B, K, D), regions in row-major order."""
+        local = F.avg_pool2d(residual, 3, stride=1, padding=1)
+        peaks = F.max_pool2d(local.abs(), self.region_px)  # B, 3, H / region, W / region
+        return self.embed(peaks.flatten(2).transpose(1, 2))
+
+
+def shrink(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Average each stride x stride block of (B, C, H, W): one pixel per block."""
+    return x if stride == 1 else F.avg_pool2d(x, stride)
 
 
 def conv_stem(patch_size: int, dim: int, in_chans: int = 3) -> nn.Sequential:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
-from model.encoders import ImageEncoder, ImageNormalize, NoteEncoder, ProcessEncoder
+from model.encoders import ImageEncoder, ImageNormalize, NoteEncoder, ProcessEncoder, shrink
 from model.fusion import AttentionPool, GatedCrossAttention
 from model.schema import FABS, GOOD
 
@@ -203,9 +203,12 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 class VisionBaseline(nn.Module):
     """Image-only ResNet-18 with the multimodal model's call signature (extra inputs ignored)."""
 
-    def __init__(self, weights_path: str | Path | None = None, num_classes: int = 5) -> None:
+    def __init__(
+        self, weights_path: str | Path | None = None, num_classes: int = 5, stride: int = 1
+    ) -> None:
         super().__init__()
         self.normalize = ImageNormalize()
+        self.stride = stride  # input pixels per pixel the network sees, along each side
         self.net = build_vision_baseline(num_classes, weights_path)
         self.net.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
 
@@ -221,7 +224,9 @@ class VisionBaseline(nn.Module):
 
         Returns: logits (B, num_classes) and {"fused_embedding": pooled features (B, 512)}.
         """
-        x = self.normalize(images).contiguous(memory_format=torch.channels_last)
+        x = shrink(self.normalize(images), self.stride).contiguous(
+            memory_format=torch.channels_last
+        )
         feats = self.net.forward_features(x)  # B, 512, h, w
         pooled = self.net.forward_head(feats, pre_logits=True)  # B, 512
         return self.net.fc(pooled), {"fused_embedding": pooled}
@@ -249,5 +254,5 @@ def build_model(cfg: ModelConfig, kind: str = "multimodal") -> nn.Module:
     if kind == "multimodal":
         return MultimodalDefectDetector(cfg=cfg)
     if kind == "baseline":
-        return VisionBaseline(cfg.baseline_weights, cfg.num_classes)
+        return VisionBaseline(cfg.baseline_weights, cfg.num_classes, cfg.encoder_stride)
     raise ValueError(f"unknown model kind {kind!r}; expected 'multimodal' or 'baseline'")

@@ -6,9 +6,12 @@ golden (reference) die; so does this module: one template per fab, fitted as the
 aligned, standardised good training dies. At run time each image is standardised, every
 window of it within the search shift is matched against every template's centre (one
 convolution with constant kernels, so it exports to ONNX at any opset), and the best-matching
-window has its template subtracted. A particle, a scratch or a broken line stands out of the
-flat residual where it hides in the busy layout. The module is part of the network (the
-templates are buffers), so the exported model does the same.
+window has its template subtracted. Good dies still differ from the template where the
+layout has edges (sub-pixel misalignment, blur, light), so the residual is divided, pixel by
+pixel, by its spread over other good dies of the fab: a particle, a scratch or a broken line
+stands out of the flat residual where it hides in the busy layout, and the layout's edges
+no longer look like defects. The module is part of the network (templates and spreads are
+buffers), so the exported model does the same.
 """
 
 from __future__ import annotations
@@ -19,16 +22,24 @@ import torch.nn.functional as F
 from torch import nn
 
 EPS = 1e-3
+MIN_SPREAD = 0.05  # floor of the residual's spread, in standardised units
+MAD_TO_SIGMA = 1.4826
 
 
 class GoldenReference(nn.Module):
-    """Maps images (B, 3, H, W) in [0, 1] to (B, 6, H, W): standardised image and residual."""
+    """Maps images (B, 3, H, W) in [0, 1] to (B, 6, H, W): standardised image and residual.
+
+    The residual is in units of its spread over good dies, pixel by pixel, and compressed by
+    asinh: linear up to a few spreads, logarithmic beyond, so faint and strong defects both
+    stay within the range a network learns from.
+    """
 
     def __init__(self, num_templates: int, img_size: int, max_shift: int = 2) -> None:
         super().__init__()
         self.max_shift = max_shift
         self.size = img_size  # a Python int: the exporters see constant slices
         self.register_buffer("templates", torch.zeros(num_templates, 3, img_size, img_size))
+        self.register_buffer("spreads", torch.ones(num_templates, 3, img_size, img_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = standardize(images)
@@ -40,28 +51,36 @@ class GoldenReference(nn.Module):
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         window = x.gather(2, rows.expand(B, C, h, W)).gather(3, cols.expand(B, C, h, w))
-        residual = window - centre.index_select(0, k)  # in the template's frame
+        spread = self._centre(self.spreads).index_select(0, k)
+        residual = (window - centre.index_select(0, k)) / spread  # in the template's frame
+        residual = torch.asinh(residual)  # linear near zero, logarithmic for strong defects
         return torch.cat([x, F.pad(residual, (s, s, s, s))], dim=1)
 
     @torch.no_grad()
     def fit(self, images: np.ndarray, groups: np.ndarray, per_group: int = 200, rounds: int = 2):
-        """Fit one template per group (fab) from good dies.
+        """Fit one template and one residual spread per group (fab) from good dies.
 
         Args:
             images: uint8 (N, H, W, 3) good dies (a memory map is fine).
             groups: (N,) template index of each die, in [0, num_templates); -1 to skip.
-            per_group: dies per template (the median of this many).
+            per_group: dies per template (the median of this many); the spread is measured
+                on the next as many dies of the group (on the same ones when there are none).
             rounds: align-to-template-and-refit rounds after the first, unaligned median.
         """
         for k in range(self.templates.shape[0]):
-            rows = np.flatnonzero(groups == k)[:per_group]
+            rows = np.flatnonzero(groups == k)
             if len(rows) == 0:
                 continue
-            x = standardize(torch.from_numpy(np.asarray(images[rows])).permute(0, 3, 1, 2))
+            x = _standardized(images, rows[:per_group])
             template = x.median(dim=0).values
             for _ in range(rounds):
                 template = self._aligned(x, template).median(dim=0).values
+            held_out = rows[per_group : 2 * per_group]
+            others = _standardized(images, held_out) if len(held_out) else x
+            residual = self._aligned(others, template) - template
+            spread = MAD_TO_SIGMA * residual.abs().median(dim=0).values
             self.templates[k] = template.to(self.templates.device)
+            self.spreads[k] = spread.clamp_min(MIN_SPREAD).to(self.spreads.device)
 
     def _centre(self, templates: torch.Tensor) -> torch.Tensor:
         """Templates (K, 3, H, W) without their search margin: (K, 3, H - 2s, W - 2s)."""
@@ -85,6 +104,10 @@ class GoldenReference(nn.Module):
                 for img, a, b in zip(x, dy.tolist(), dx.tolist(), strict=True)
             ]
         )
+
+
+def _standardized(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    return standardize(torch.from_numpy(np.asarray(images[rows])).permute(0, 3, 1, 2))
 
 
 def standardize(images: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,7 @@ def test_int_or_exponent_without_a_dot_given_for_float_is_accepted():
         ("train.bf16=3", "train.bf16"),
         ("model=3", "model"),
         ("no_equals_sign", "key=value"),
+        ("model.encoder_size=24", "model.encoder_size 24 must divide"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -64,5 +65,5 @@ def test_bad_overrides_name_the_key(override, message):
 
 def test_flat_view_has_dotted_keys():
     flat = load_config("configs/cpu.yaml").flat()
-    assert flat["model.img_size"] == 128
+    assert flat["model.img_size"] == 256 and flat["model.encoder_size"] == 128
     assert "train.escape_target" in flat

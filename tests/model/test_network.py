@@ -217,3 +217,31 @@ def test_process_logits_read_the_process_log_even_with_closed_gates():
     assert model.gates() == {"process": 0.0, "note": 0.0}
     assert a["process_logits"].shape == (2, 5)
     assert not torch.allclose(a["process_logits"], b["process_logits"])
+
+
+def test_encoders_work_at_encoder_size_while_inputs_keep_img_size():
+    cfg = _cfg(img_size=64, encoder_size=32, golden_reference=True)
+    assert cfg.encoder_stride == 2 and cfg.num_regions == K
+    images, logs, tokens, mask = _batch()
+    images = images.repeat_interleave(2, 2).repeat_interleave(2, 3)  # 64 px dies
+    torch.manual_seed(0)
+    with torch.no_grad():
+        logits, aux = MultimodalDefectDetector(cfg=cfg).eval()(images, logs, tokens, mask)
+        base_logits, _ = build_model(cfg, "baseline").eval()(images)
+    assert logits.shape == base_logits.shape == (B, C)
+    assert aux["region_map"].shape == (B, K)
+    with pytest.raises(ValueError, match="must divide"):
+        _cfg(img_size=64, encoder_size=48)
+
+
+def test_residual_peaks_find_a_one_pixel_scratch_in_its_region():
+    from model.encoders import ResidualPeaks
+
+    peaks = ResidualPeaks(region_px=8, dim=4)
+    residual = 0.1 * torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    residual[0, :, 20, 9:15] += 3.0  # a scratch one pixel wide in region (2, 1)
+    assert peaks(residual).shape == (1, 16, 4)
+    peaks.embed = torch.nn.Identity()  # the raw peaks, (1, regions, channels)
+    raw = peaks(residual)[0, :, 0]
+    assert int(raw.argmax()) == 2 * 4 + 1  # regions in row-major order, as the region map
+    assert raw.max() > 5 * raw.median()

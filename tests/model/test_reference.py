@@ -36,7 +36,7 @@ def test_a_particle_stands_out_of_the_residual_where_it_is():
     ref = fitted()
     die = layout(1).clone()
     die[:, 14:18, 20:24] = 0.0  # a dark particle
-    residual = ref(die[None])[0, 3:].abs().sum(0)
+    residual = ref(die[None])[0, 3:].sinh().abs().sum(0)  # sinh undoes the compression
     y, x = divmod(int(residual.argmax()), 32)
     assert 14 <= y < 18 and 20 <= x < 24
     outside = residual.clone()
@@ -50,3 +50,30 @@ def test_each_die_in_a_batch_is_matched_on_its_own():
     together = ref(dies)
     alone = torch.cat([ref(dies[:1]), ref(dies[1:])])
     assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_the_residual_is_measured_in_units_of_the_good_dies_spread():
+    size = 32
+    base = layout(0, size)
+    g = torch.Generator().manual_seed(3)
+    goods = []
+    for _ in range(40):  # good dies whose one edge column wanders, as blur and sub-pixel shift do
+        die = base.clone()
+        die[:, :, 16] += 0.15 * torch.randn(1, generator=g)
+        goods.append(die.clamp(0, 1))
+    images = (torch.stack(goods).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    ref = GoldenReference(num_templates=1, img_size=size, max_shift=2)
+    ref.fit(images, np.zeros(40, dtype=int), per_group=20)
+
+    spread = ref.spreads[0, :, 2:-2]  # rows inside the search margin, all columns
+    assert spread[:, :, 14].max() < 0.1  # a quiet column keeps the floor
+    assert spread[:, :, 14].min() >= 0.05
+    assert spread[:, :, 14].max() * 3 < spread[:, :, 16].min()  # the wandering one is wide
+
+    wandering, particle = base.clone(), base.clone()
+    wandering[:, :, 16] += 0.15  # a usual excursion of that column
+    particle[:, 6:8, 6:8] -= 0.15  # a particle of the same contrast on a quiet spot
+    out = ref(torch.stack([wandering, particle]).clamp(0, 1))[:, 3:]
+    residual = out.sinh().abs().amax(dim=(1, 2, 3))  # in spreads
+    assert residual[1] > 5 * residual[0]
+    assert out.abs().max() < 6  # asinh keeps even a strong defect in a learnable range
