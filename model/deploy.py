@@ -50,7 +50,9 @@ def optimize_for_deployment(
 
     Args:
         model_path: a model.pt written by training.
-        data: the data folder (prepared here, statistics fitted on train) or a Prepared.
+        data: the data folder or a Prepared. A folder is prepared with the z-scores and
+            tokenizer the model was trained with when its run folder holds them for this
+            data (`prepared/` beside the model's folder), else fitted on its train split.
         out_dir: where the artifacts go.
         calibration_dies: training dies for static calibration (at least 500 in production).
         parity_dies: test dies for the FP32 export parity check.
@@ -62,7 +64,7 @@ def optimize_for_deployment(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, cfg, point = load_trained(model_path)
-    data = _prepared(data, cfg, out)
+    data = _prepared(data, cfg, out, model_path)
     fp32 = export_onnx(model, cfg, out / "model.onnx")
     point.save(operating_point_path(fp32))
     test = data.datasets["test"]
@@ -94,12 +96,15 @@ def optimize_for_deployment(
     return verdict
 
 
-def _prepared(data: str | Path | Prepared, cfg: RunConfig, out: Path) -> Prepared:
+def _prepared(data: str | Path | Prepared, cfg: RunConfig, out: Path, model_path) -> Prepared:
     if isinstance(data, Prepared):
         return data
     cfg = copy.deepcopy(cfg)
     cfg.data_dir = str(data)
-    return prepare(cfg, out / "prepared")
+    folder, trained = out / "prepared", Path(model_path).resolve().parent.parent / "prepared"
+    if trained.is_dir() and not folder.exists():  # a copy: a refit never overwrites the run's
+        shutil.copytree(trained, folder)
+    return prepare(cfg, folder)
 
 
 def _gate(variant, data: Prepared, reference: dict, point, batch_size: int, limits) -> dict:

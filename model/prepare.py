@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,13 +11,15 @@ from tokenizers import Tokenizer
 
 from model import distributed as ddp
 from model.batches import DieDataset
+from model.cache import split_digest
 from model.config import RunConfig
 from model.contract import read_split
 from model.data import DieSplit, ProcessScaler, load_split
-from model.tokenizer import encode_notes, save_tokenizer, train_note_tokenizer
+from model.tokenizer import encode_notes, load_tokenizer, save_tokenizer, train_note_tokenizer
 
 SCALER_FILE = "scaler.json"
 TOKENIZER_FILE = "tokenizer.json"
+FITTED_FILE = "fitted_on.json"  # what the scaler and tokenizer beside it were fitted on
 
 
 @dataclass
@@ -67,10 +70,22 @@ def encode_split(part: DieSplit, tokenizer: Tokenizer, max_note_len: int) -> Die
 
 
 def _fit(cfg: RunConfig, folder: Path) -> tuple[ProcessScaler, Tokenizer]:
+    """The scaler and tokenizer fitted on the training split, reused from `folder` when they
+    were fitted there on the same split and vocabulary size.
+
+    The tokenizer's trainer breaks ties between equally frequent merges differently from one
+    process to the next, so a resumed run or a later export must read the saved one, never
+    fit its own.
+    """
     train = read_split(Path(cfg.data_dir) / "train")
+    fitted_on = {"train_digest": split_digest(train), "vocab_size": cfg.model.vocab_size}
+    files = [folder / name for name in (SCALER_FILE, TOKENIZER_FILE, FITTED_FILE)]
+    if all(f.exists() for f in files) and json.loads(files[2].read_text()) == fitted_on:
+        return ProcessScaler.load(files[0]), load_tokenizer(files[1])
     scaler = ProcessScaler.fit(train.process)
     tokenizer = train_note_tokenizer(train.notes, cfg.model.vocab_size)
     folder.mkdir(parents=True, exist_ok=True)
-    scaler.save(folder / SCALER_FILE)
-    save_tokenizer(tokenizer, folder / TOKENIZER_FILE)
+    scaler.save(files[0])
+    save_tokenizer(tokenizer, files[1])
+    files[2].write_text(json.dumps(fitted_on))
     return scaler, tokenizer
