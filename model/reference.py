@@ -53,7 +53,7 @@ class GoldenReference(nn.Module):
         window = x.gather(2, rows.expand(B, C, h, W)).gather(3, cols.expand(B, C, h, w))
         spread = self._centre(self.spreads).index_select(0, k)
         residual = (window - centre.index_select(0, k)) / spread  # in the template's frame
-        residual = torch.asinh(residual)  # linear near zero, logarithmic for strong defects
+        residual = asinh(residual)  # linear near zero, logarithmic for strong defects
         return torch.cat([x, F.pad(residual, (s, s, s, s))], dim=1)
 
     @torch.no_grad()
@@ -104,6 +104,12 @@ class GoldenReference(nn.Module):
                 for img, a, b in zip(x, dy.tolist(), dx.tolist(), strict=True)
             ]
         )
+
+
+def asinh(x: torch.Tensor) -> torch.Tensor:
+    """torch.asinh from exportable operations (the opset-17 TorchScript exporter lacks Asinh)."""
+    magnitude = x.abs()
+    return torch.log(magnitude + torch.sqrt(magnitude * magnitude + 1.0)) * torch.sign(x)
 
 
 def _standardized(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:
