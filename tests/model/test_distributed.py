@@ -89,6 +89,7 @@ def test_only_rank_zero_writes_run_files(two_ranks):
         "summary.json",
         "prepared/scaler.json",
         "prepared/tokenizer.json",
+        "prepared/fitted_on.json",
         *(f"multimodal/{name}" for name in RUN_FILES),
     }
     assert set(json.loads((cli / "summary.json").read_text())) == {"multimodal"}
