@@ -20,7 +20,7 @@ from model.config import RunConfig
 from model.export import check_parity, export_onnx
 from model.onnx_runtime import CPU, load_session, operating_point_path, predict_session
 from model.predict import predict
-from model.prepare import Prepared, prepare
+from model.prepare import Prepared, prepare, trained_with
 from model.quantize import (
     DieCalibrationReader,
     parity_gate,
@@ -101,7 +101,7 @@ def _prepared(data: str | Path | Prepared, cfg: RunConfig, out: Path, model_path
         return data
     cfg = copy.deepcopy(cfg)
     cfg.data_dir = str(data)
-    folder, trained = out / "prepared", Path(model_path).resolve().parent.parent / "prepared"
+    folder, trained = out / "prepared", trained_with(model_path)
     if trained.is_dir() and not folder.exists():  # a copy: a refit never overwrites the run's
         shutil.copytree(trained, folder)
     return prepare(cfg, folder)

@@ -12,7 +12,14 @@ from model.evaluate import evaluate_model
 from model.evaluation_report import jsonable, write_report
 from model.fairness import fairness_audit
 from model.predict import pick_device
-from model.prepare import SCALER_FILE, TOKENIZER_FILE, Prepared, encode_split, prepare
+from model.prepare import (
+    SCALER_FILE,
+    TOKENIZER_FILE,
+    Prepared,
+    encode_split,
+    prepare,
+    trained_with,
+)
 from model.tokenizer import load_tokenizer
 
 
@@ -71,7 +78,7 @@ def prepare_for(model_path, cfg: RunConfig, split: str, folder: Path) -> tuple[P
     Returns:
         The Prepared (holding `split` only) and where its statistics came from.
     """
-    saved = Path(model_path).resolve().parent.parent / "prepared"
+    saved = trained_with(model_path)
     if (saved / SCALER_FILE).exists() and (saved / TOKENIZER_FILE).exists():
         tokenizer = load_tokenizer(saved / TOKENIZER_FILE)
         if tokenizer.get_vocab_size() <= cfg.model.vocab_size:

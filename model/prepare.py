@@ -69,6 +69,11 @@ def encode_split(part: DieSplit, tokenizer: Tokenizer, max_note_len: int) -> Die
     return DieDataset(part, ids, mask)
 
 
+def trained_with(model_path: str | Path) -> Path:
+    """The `prepared/` folder of the run that wrote `model_path` (beside the model's folder)."""
+    return Path(model_path).resolve().parent.parent / "prepared"
+
+
 def _fit(cfg: RunConfig, folder: Path) -> tuple[ProcessScaler, Tokenizer]:
     """The scaler and tokenizer fitted on the training split, reused from `folder` when they
     were fitted there on the same split and vocabulary size.
