@@ -74,19 +74,21 @@ class ResidualPeaks(nn.Module):
     """Each region's peak golden-die residual, per channel, embedded as a token feature.
 
     A scratch one pixel wide barely moves a region's average, so it fades in a patch
-    embedding; its peak, taken at full resolution over a 3x3 local mean (which tames the
-    noise of single pixels), stands out.
+    embedding; its peak, taken over 2x2 pixel blocks (the block mean tames the noise of
+    single pixels and keeps half of a one-pixel line), stands out.
     """
 
     def __init__(self, region_px: int, dim: int) -> None:
         super().__init__()
+        if region_px % 2:
+            raise ValueError(f"residual peaks need an even region size, got {region_px}")
         self.region_px = region_px
         self.embed = nn.Sequential(nn.Linear(3, dim), nn.GELU(), nn.Linear(dim, dim))
 
     def forward(self, residual: torch.Tensor) -> torch.Tensor:
         """Args: residual (B, 3, H, W). Returns: (B, K, D), regions in row-major order."""
-        local = F.avg_pool2d(residual, 3, stride=1, padding=1)
-        peaks = F.max_pool2d(local.abs(), self.region_px)  # B, 3, H / region, W / region
+        blocks = F.avg_pool2d(residual, 2).abs()
+        peaks = F.max_pool2d(blocks, self.region_px // 2)  # B, 3, H / region, W / region
         return self.embed(peaks.flatten(2).transpose(1, 2))
 
 
