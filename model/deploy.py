@@ -41,6 +41,7 @@ def optimize_for_deployment(
     calibration_dies: int = 512,
     parity_dies: int = 512,
     batch_size: int = 64,
+    compare: bool = True,
     **limits,
 ) -> dict:
     """Export a trained model, check it, quantize it three ways and gate the INT8 variants.
@@ -56,6 +57,8 @@ def optimize_for_deployment(
         out_dir: where the artifacts go.
         calibration_dies: training dies for static calibration (at least 500 in production).
         parity_dies: test dies for the FP32 export parity check.
+        compare: build and gate all three variants; False stops at the first shippable
+            variant that passes (what a retrain needs: the others are only for comparison).
         limits: max_flip_rate, max_escape, max_fpr for quantize.parity_gate.
     Returns:
         The verdict written to int8_gate.json: chosen, passed, artifact, parity, gates,
@@ -70,17 +73,19 @@ def optimize_for_deployment(
     test = data.datasets["test"]
     parity = check_parity(model, fp32, test, point.threshold, n=parity_dies)
     reader = DieCalibrationReader(data.datasets["train"], calibration_dies)
-    variants = {
-        "static_qdq": quantize_static_qdq(fp32, out / "model.static_qdq.onnx", reader),
-        "dynamic": quantize_dynamic_int8(fp32, out / "model.dynamic.onnx"),
-        "torch_dynamic": quantize_torch_dynamic(model),
+    builders = {
+        "static_qdq": lambda: quantize_static_qdq(fp32, out / "model.static_qdq.onnx", reader),
+        "dynamic": lambda: quantize_dynamic_int8(fp32, out / "model.dynamic.onnx"),
+        "torch_dynamic": lambda: quantize_torch_dynamic(model),
     }
     reference = predict(model, test, batch_size)
-    gates = {
-        name: _gate(variant, data, reference, point, batch_size, limits)
-        for name, variant in variants.items()
-    }
-    chosen = next((name for name in SHIPPABLE if gates[name]["passed"]), SHIPPABLE[-1])
+    variants, gates = {}, {}
+    for name in builders if compare else SHIPPABLE:
+        variants[name] = builders[name]()
+        gates[name] = _gate(variants[name], data, reference, point, batch_size, limits)
+        if gates[name]["passed"] and not compare:
+            break
+    chosen = next((n for n in SHIPPABLE if n in gates and gates[n]["passed"]), SHIPPABLE[-1])
     int8 = shutil.copyfile(variants[chosen], out / "model.int8.onnx")
     OperatingPoint(**gates[chosen]["operating_point"]).save(operating_point_path(int8))
     verdict = {

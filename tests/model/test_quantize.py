@@ -11,9 +11,11 @@ from model.deploy import GATE_FILE, SHIPPABLE, optimize_for_deployment
 from model.onnx_runtime import load_session, operating_point_path, predict_session
 from model.predict import predict
 from model.quantize import (
+    WEIGHT_OPS,
     DieCalibrationReader,
     parity_gate,
     quantize_torch_dynamic,
+    scope_nodes,
     write_gate,
 )
 
@@ -69,6 +71,27 @@ def test_static_int8_keeps_norms_softmax_and_residual_adds_in_float(deployed):
             assert not dequantized & set(node.input), node.name
     dynamic = [n.op_type for n in onnx.load(str(deployed[3] / "model.dynamic.onnx")).graph.node]
     assert "MatMulInteger" in dynamic
+
+
+@pytest.mark.parametrize("name", ["static_qdq", "dynamic"])
+def test_the_golden_die_match_and_the_small_encoders_stay_float(deployed, name):
+    fp32 = deployed[3] / "model.onnx"
+    scoped = scope_nodes(onnx.load(str(fp32)), ["image_encoder.reference", "process_encoder"])
+    products = {n.name: n.op_type for n in _nodes(fp32, scoped) if n.op_type in WEIGHT_OPS}
+    assert "Conv" in products.values() and "MatMul" in products.values()
+    quantized = deployed[3] / f"model.{name}.onnx"
+    dequantized = {n.output[0] for n in _nodes(quantized) if n.op_type == "DequantizeLinear"}
+    if name == "dynamic":  # it rewrites every Gemm, quantized or not, under new names
+        products = {k: op for k, op in products.items() if op != "Gemm"}
+    kept = _nodes(quantized, products)
+    assert {n.name: n.op_type for n in kept} == products  # the same float ops, by name
+    assert not any(dequantized & set(n.input) for n in kept)
+    quantized_ops = {n.op_type for n in _nodes(quantized)}
+    assert quantized_ops & {"DequantizeLinear", "MatMulInteger"}  # the rest is INT8
+
+
+def _nodes(path, names=None) -> list:
+    return [n for n in onnx.load(str(path)).graph.node if names is None or n.name in names]
 
 
 def test_torch_dynamic_int8_runs_in_pytorch_and_leaves_the_model_alone(deployed):
