@@ -45,19 +45,24 @@ evaluate: train
 	$(BIN)/dieguard evaluate $(RUN)/multimodal/model.pt --baseline $(RUN)/baseline/model.pt \
 		--out $(RUN)/evaluation
 
-# Exit status 2: the release gates refused the candidate and the champion stays, which is
-# one of the two ways a retrain ends well; the demo reports it and completes.
+# The approved candidate stays challenger: the simulation rolls it out. Exit status 2: the
+# release gates refused the candidate and the champion stays, which is one of the two ways
+# a retrain ends well; the demo reports it and completes.
 demo: data
-	$(BIN)/dieguard retrain --config $(CONFIG) --auto-approve data_dir=$(DATA) || [ $$? -eq 2 ]
+	$(BIN)/dieguard retrain --config $(CONFIG) --auto-approve --hold-for-rollout \
+		data_dir=$(DATA) || [ $$? -eq 2 ]
 	$(MAKE) --no-print-directory simulate
 
-# Half a simulated day of production on the champion, 5 s an hour: the hourly monitor judges
-# drift against the champion's training split (from its lineage), flags a recipe drift from
-# hour 3 and calls it sustained after more than 6 hours; then a challenger that passes every
-# die goes into shadow mode and is rolled back automatically.
+# Production on a compressed clock, 5 s an hour. The approved challenger runs in shadow
+# beside the champion, then decides 10, 25, 50 and 100% of the dies and is promoted (demo
+# gates: a stage here sees a dozen labelled dies of its own, see `promotion_overrides`).
+# Then half a day on the new champion: the hourly monitor judges drift against its training
+# split (from its lineage), flags a recipe drift from hour 3 and calls it sustained after
+# more than 6 hours. Last, a challenger that passes every die goes into shadow mode and is
+# rolled back automatically.
 simulate: data $(DRIFTED)/synth_truth.csv
 	$(BIN)/dieguard simulate --serve --clean $(DATA)/test --drifted $(DRIFTED)/test \
-		--hours 12 --drift-at 3 --rate 40 --hour-s 5 --bad-challenger
+		--hours 12 --drift-at 3 --rate 40 --hour-s 5 --rollout-challenger --bad-challenger
 
 ui: $(STAMP)
 	BIN=$(BIN) deployments/local_ui.sh

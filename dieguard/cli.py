@@ -181,9 +181,13 @@ TRACKING = click.option(
 @click.option("--model-name", default="dieguard", show_default=True)
 @TRACKING
 @click.option("--auto-approve", is_flag=True, help="Approve without asking (recorded as such).")
+@click.option("--hold-for-rollout", is_flag=True,
+              help="Leave the approved version challenger, for a staged rollout (`dieguard "
+                   "simulate --rollout-challenger`), instead of promoting it.")  # fmt: skip
 @click.argument("overrides", nargs=-1)
-def retrain(config_path, model_name, tracking_uri, auto_approve, overrides) -> None:
-    """Run the weekly retrain flow once, here; print its reports and the champion's audit.
+def retrain(config_path, model_name, tracking_uri, auto_approve, hold_for_rollout,
+            overrides) -> None:  # fmt: skip
+    """Run the weekly retrain flow once, here; print its reports and the new version's audit.
 
     Exits 2 when the release gates refused the candidate (the champion stays).
     """
@@ -200,6 +204,7 @@ def retrain(config_path, model_name, tracking_uri, auto_approve, overrides) -> N
             model_name=model_name,
             tracking_uri=tracking_uri,
             auto_approve=auto_approve,
+            hold_for_rollout=hold_for_rollout,
         )
     except GateFailedError as error:
         refused, result = error, {}
@@ -218,8 +223,9 @@ def retrain(config_path, model_name, tracking_uri, auto_approve, overrides) -> N
     click.echo("  runs, registry and approvals in the UIs: make ui")
     client = open_store(tracking_uri).client
     current = champion(client, model_name)
-    if current is not None:
-        click.echo("\n" + format_audit(audit(client, model_name, current.version)))
+    shown = result.get("version") or (current and current.version)
+    if shown is not None:
+        click.echo("\n" + format_audit(audit(client, model_name, shown)))
     if refused:
         raise SystemExit(2)
 

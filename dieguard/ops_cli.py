@@ -155,17 +155,28 @@ def monitor(log_url, image_store, reference_dir, similar_uri, model_version, rep
 @REFERENCE_DIR
 @click.option("--report-dir", default="runs/simulate", show_default=True)
 @click.option("--retrain-deployment", default="", help="Start it on sustained drift.")
+@click.option("--rollout-challenger", is_flag=True,
+              help="First roll the approved challenger out beside the champion (shadow, "
+                   "10-100%, promotion) on a defect-rich stream, under demo gates.")  # fmt: skip
 @click.option("--bad-challenger", is_flag=True,
               help="Then roll out a challenger that passes every die.")  # fmt: skip
 @MODEL_NAME
 @TRACKING
 def simulate(url, station_key, operator_key, serve, clean_dir, drifted_dir, hours, drift_at,
              rate, hour_s, feedback_delay, log_url, image_store, reference_dir, report_dir,
-             retrain_deployment, bad_challenger, model_name, tracking_uri) -> None:  # fmt: skip
-    """Production on a compressed clock: a drift, the hourly monitor's verdicts, and
-    optionally a bad challenger's rollout (exits 3 unless it is rolled back)."""
-    from monitoring.bad_challenger import format_events, simulate_bad_challenger
+             retrain_deployment, rollout_challenger, bad_challenger, model_name,
+             tracking_uri) -> None:  # fmt: skip
+    """Production on a compressed clock: optionally the approved challenger's rollout, then
+    a drift and the hourly monitor's verdicts, then optionally a bad challenger's rollout
+    (exits 3 unless it is rolled back)."""
     from monitoring.simulate import simulate_drift
+    from monitoring.simulate_rollout import (
+        approved_challenger,
+        format_events,
+        promotion_overrides,
+        simulate_bad_challenger,
+        simulate_rollout,
+    )
     from service.embedded import ServiceNotReadyError, start_embedded
 
     if serve:
@@ -182,6 +193,17 @@ def simulate(url, station_key, operator_key, serve, clean_dir, drifted_dir, hour
         raise click.UsageError("give --station-key and --operator-key, or --serve")
     try:
         service = (url, station_key, operator_key)
+        version = rollout_challenger and approved_challenger(tracking_uri, model_name)
+        if version:
+            click.echo(f"rolling out approved challenger version {version}")
+            result = simulate_rollout(
+                *service, clean_dir, tracking_uri, model_name, log_url, version, 4 * hours,
+                rate, hour_s, feedback_delay, promotion_overrides(hour_s), rich=True,
+            )  # fmt: skip
+            click.echo(f"challenger version {version}: {result['outcome']} ({result['reason']})")
+            click.echo(format_events(result["events"]))
+        elif rollout_challenger:
+            click.echo("no approved challenger waiting for a rollout")
         timeline = simulate_drift(
             *service, clean_dir, drifted_dir, log_url, reference_dir, image_store, report_dir,
             hours, drift_at, rate, hour_s, feedback_delay, retrain_deployment=retrain_deployment,

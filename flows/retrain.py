@@ -44,6 +44,7 @@ def retrain(
     auto_approve: bool = False,
     approval_timeout_s: int = WEEK_S,
     rollout_deployment: str = "",
+    hold_for_rollout: bool = False,
 ) -> dict:
     """Train a candidate on the configured data set and, when it earns it, make it champion.
 
@@ -57,7 +58,9 @@ def retrain(
         approval_timeout_s: how long the paused run waits for a decision.
         rollout_deployment: e.g. "rollout/rollout": an approved version is handed to the
             staged rollout (shadow, 10-100%, then promotion or rollback) instead of being
-            promoted at once ("": promote at once, as the embedded demo does).
+            promoted at once ("": promote at once).
+        hold_for_rollout: leave an approved version challenger, for a rollout started
+            elsewhere (the demo's simulation rolls it out in-process).
     """
     log = get_run_logger()
     cfg = load_config(config, overrides)
@@ -113,6 +116,9 @@ def retrain(
     if rollout_deployment:  # production: shadow, then staged traffic, then promotion
         run_id = start_rollout(rollout_deployment, model_name, tracking_uri, version)
         return outcome | {"champion": champion["version"], "rollout": run_id}
+    if hold_for_rollout:
+        log.info("version %s approved: challenger until a rollout promotes it", version)
+        return outcome | {"champion": champion["version"]}
     promote_version(model_name, tracking_uri, version, f"approved by {decision.approver}")
     return outcome | {"champion": version}
 

@@ -1,5 +1,5 @@
-"""A bad challenger on a compressed clock: a version that passes every die is rolled out
-beside a clean stream, and the rollout's automatic rollback is what the run shows."""
+"""Rollouts on a compressed clock beside a stream of labelled dies: an approved challenger
+earning its promotion stage by stage, and a bad challenger rolled back on its own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from monitoring.simulate import hour_schedule, read_stream, run_stream
+from model.schema import GOOD
+from monitoring.simulate import SimDie, hour_schedule, read_stream, run_stream
 
 
 def rollout_overrides(hour_s: float) -> list[str]:
@@ -24,6 +25,45 @@ def rollout_overrides(hour_s: float) -> list[str]:
         f"rollback_window_s={4 * hour_s}", f"check_interval_s={0.2 * hour_s}",
         "min_labels=20", "min_defective=5", "rollback_min_defective=5",
     ]  # fmt: skip
+
+
+def promotion_overrides(hour_s: float) -> list[str]:
+    """rollout_overrides with gates a sound challenger can pass in a short stream.
+
+    A 10% stage of a few simulated hours sees a dozen dies of its own; with 5 defective
+    among them and none escaped, the 95% upper bound of the escape rate is 52%, so the gates
+    sit at 60% here. The rules are the production ones; only the evidence is thin. The
+    seed's 200 labels (30 defective) per stage and 1% / 15% gates take days of a real line.
+    """
+    demo = ["min_labels=10", "min_defective=5", "max_escape=0.6", "max_fpr=0.6"]
+    return rollout_overrides(hour_s) + demo
+
+
+def defect_rich(dies: list[SimDie]) -> list[SimDie]:
+    """The split's dies with defective and good ones taking turns (each side cycled).
+
+    Escape rate and FPR are rates within a class, so they do not depend on the mix; a
+    stream that is half defective gives a short stage enough defective labels.
+    """
+    defective = [d for d in dies if d.label != GOOD]
+    good = [d for d in dies if d.label == GOOD]
+    if not defective or not good:
+        return list(dies)
+    n = max(len(defective), len(good))
+    return [side[i % len(side)] for i in range(n) for side in (defective, good)]
+
+
+def approved_challenger(tracking_uri: str | None, model_name: str) -> str | None:
+    """The `challenger` version when it is approved and not champion yet, else None."""
+    from registry import CHALLENGER, CHAMPION, audit, open_store
+    from registry.aliases import alias_version
+
+    client = open_store(tracking_uri).client
+    version = alias_version(client, model_name, CHALLENGER)
+    if version is None or version == alias_version(client, model_name, CHAMPION):
+        return None
+    approval = audit(client, model_name, version).get("approval") or {}
+    return version if approval.get("decision") == "approved" else None
 
 
 def register_bad_challenger(tracking_uri: str, model_name: str, workdir: str | Path) -> str:
@@ -51,16 +91,20 @@ def register_bad_challenger(tracking_uri: str, model_name: str, workdir: str | P
     return register(store.client, model_name, logged.serving[kind], lineage)
 
 
-def simulate_bad_challenger(url, station_key, operator_key, clean_dir, tracking_uri, model_name,
-                            log_url, workdir, hours=12, rate=40, hour_s=5.0,
-                            feedback_delay=1.0, overrides=None, tag=None) -> dict:  # fmt: skip
-    """Roll a challenger that passes every die out while the clean split streams.
+def simulate_rollout(url, station_key, operator_key, clean_dir, tracking_uri, model_name,
+                     log_url, version, hours=12, rate=40, hour_s=5.0, feedback_delay=1.0,
+                     overrides=None, rich=False, tag=None) -> dict:  # fmt: skip
+    """Roll `version` out while the clean split streams; the stream ends with the rollout.
 
     Args:
+        url, station_key, operator_key: the running service and its keys.
+        clean_dir: a labelled split folder (dataset contract).
         tracking_uri, model_name: the registry whose champion the service serves.
-        log_url: the service's inspection log; workdir: for the downloaded bundles.
-        overrides: rollout `key=value` settings over rollout_overrides(hour_s).
-        Others as for simulate_drift; the stream ends when the rollout does.
+        log_url: the service's inspection log.
+        version: the challenger to roll out.
+        hours, rate, hour_s, feedback_delay: the stream (monitoring.simulate).
+        overrides: rollout `key=value` settings (default: rollout_overrides(hour_s)).
+        rich: stream defective and good dies in turn (defect_rich).
     Returns:
         version, outcome, reason, hours (the stream's rows) and events (the version's
         audit events, oldest first).
@@ -68,8 +112,7 @@ def simulate_bad_challenger(url, station_key, operator_key, clean_dir, tracking_
     from flows.rollout import rollout
     from registry import audit, open_store
 
-    version = register_bad_challenger(tracking_uri, model_name, workdir)
-    settings = rollout_overrides(hour_s) + list(overrides or [])
+    settings = rollout_overrides(hour_s) if overrides is None else list(overrides)
     result: dict = {}
 
     def run() -> None:
@@ -79,8 +122,9 @@ def simulate_bad_challenger(url, station_key, operator_key, clean_dir, tracking_
         except Exception as err:  # reported by the caller's thread
             result["error"] = err
 
-    tag = tag or f"c{int(time.time()) % 100000}-"
+    tag = tag or f"r{int(time.time()) % 100000}-"
     stream = read_stream(clean_dir)  # before the rollout's clock starts: it takes a while
+    stream = defect_rich(stream) if rich else stream
     schedule = hour_schedule(stream, stream, hours, hours, rate, tag)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -93,6 +137,22 @@ def simulate_bad_challenger(url, station_key, operator_key, clean_dir, tracking_
     outcome = result.get("outcome", "still running")
     return {"version": version, "outcome": outcome, "reason": result.get("reason"),
             "hours": rows, "events": events}  # fmt: skip
+
+
+def simulate_bad_challenger(url, station_key, operator_key, clean_dir, tracking_uri, model_name,
+                            log_url, workdir, hours=12, rate=40, hour_s=5.0,
+                            feedback_delay=1.0, overrides=None, tag=None) -> dict:  # fmt: skip
+    """Register a challenger that passes every die and roll it out (simulate_rollout).
+
+    Args:
+        workdir: for the downloaded bundles; overrides: over rollout_overrides(hour_s).
+        Others as for simulate_rollout.
+    """
+    version = register_bad_challenger(tracking_uri, model_name, workdir)
+    settings = rollout_overrides(hour_s) + list(overrides or [])
+    return simulate_rollout(url, station_key, operator_key, clean_dir, tracking_uri, model_name,
+                            log_url, version, hours, rate, hour_s, feedback_delay, settings,
+                            tag=tag or f"c{int(time.time()) % 100000}-")  # fmt: skip
 
 
 def format_events(events: list[dict]) -> str:

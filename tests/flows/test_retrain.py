@@ -19,6 +19,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from expectations.validate import DataValidationError
 from flows.retrain import GateFailedError, retrain
+from monitoring.simulate_rollout import approved_challenger
 from registry import CHALLENGER, CHAMPION, PREVIOUS, audit, open_store
 
 OPEN_GATES = [  # smoke models are too small to pass the real gates; the limits are config
@@ -89,6 +90,13 @@ def test_first_run_makes_the_cnn_then_the_candidate_champion(first_run):
     assert params["model.img_size"] == "32"
 
 
+def test_the_retrain_builds_int8_variants_only_until_one_ships(first_run):
+    out, _, _ = first_run
+    verdict = json.loads((out / "first" / "deploy" / "int8_gate.json").read_text())
+    assert verdict["chosen"] == "static_qdq" and verdict["passed"]  # the open gates pass it
+    assert set(verdict["gates"]) == {"static_qdq"}
+
+
 def test_a_failing_gate_aliases_nothing(tiny_data, registry_copy, tmp_path):
     before = aliases(registry_copy)
     with pytest.raises(GateFailedError, match="fp32_fpr|fp32_escape"):
@@ -101,6 +109,23 @@ def test_a_failing_gate_aliases_nothing(tiny_data, registry_copy, tmp_path):
         )
     assert aliases(registry_copy) == before
     assert len(open_store(registry_copy).client.search_model_versions(f"name='{MODEL}'")) == 2
+
+
+def test_an_approved_version_can_wait_as_challenger_for_its_rollout(
+    tiny_data, registry_copy, tmp_path
+):
+    assert approved_challenger(registry_copy, MODEL) is None  # the champion is the challenger
+    result = retrain(
+        "configs/smoke.yaml",
+        overrides(tiny_data, tmp_path, "held", *OPEN_GATES),
+        model_name=MODEL,
+        tracking_uri=registry_copy,
+        auto_approve=True,
+        hold_for_rollout=True,
+    )
+    assert result["approved"] and result["champion"] == "2" and result["version"] == "3"
+    assert aliases(registry_copy) == {CHAMPION: "2", PREVIOUS: "1", CHALLENGER: "3"}
+    assert approved_challenger(registry_copy, MODEL) == "3"
 
 
 def test_bad_data_is_quarantined_and_stops_the_run(tiny_data, registry_copy, tmp_path):
@@ -196,6 +221,7 @@ def test_approval_and_rejection_through_the_prefect_api(tiny_data, registry_copy
     assert aliases(registry_copy)[CHALLENGER] == rejected["version"]
     decision = audit(open_store(registry_copy).client, MODEL, rejected["version"])["approval"]
     assert decision["approver"] == "q.engineer" and "wafer-edge" in decision["reason"]
+    assert approved_challenger(registry_copy, MODEL) is None  # a rejected one is not rolled out
 
     approved = run_until_decided(
         tiny_data,

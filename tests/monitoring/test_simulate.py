@@ -8,8 +8,8 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from model.synthetic.generate import generate_dataset
-from monitoring.bad_challenger import simulate_bad_challenger
-from monitoring.simulate import simulate_drift
+from monitoring.simulate import SimDie, read_stream, simulate_drift
+from monitoring.simulate_rollout import defect_rich, simulate_bad_challenger
 from tests.service.conftest import (
     KEYS,
     MODEL_NAME,
@@ -78,3 +78,16 @@ def test_drift_is_flagged_after_its_onset_and_a_bad_challenger_rolls_back(
     assert result["outcome"] == "rolled-back", result
     assert "escape rate" in result["reason"]
     assert any(e["kind"] == "rollback" for e in result["events"]), result["events"]
+
+
+def test_a_defect_rich_stream_alternates_defective_and_good_dies(tiny_data):
+    dies = read_stream(tiny_data / "test")
+    rich = defect_rich(dies)
+    defective = [d for d in dies if d.label != 0]
+    assert 0 < len(defective) < len(dies) / 4  # the split itself is mostly good
+    assert [d.label != 0 for d in rich[:6]] == [True, False] * 3
+    assert {d.payload.die_id for d in rich} == {d.payload.die_id for d in dies}
+    assert len(rich) == 2 * (len(dies) - len(defective))  # the defective ones cycled
+    only_good = [d for d in dies if d.label == 0]
+    assert defect_rich(only_good) == only_good
+    assert all(isinstance(d, SimDie) for d in rich)
