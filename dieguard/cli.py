@@ -148,7 +148,8 @@ def export(model_path, out_dir, data_dir) -> None:
 @click.option(
     "--onnx-dir",
     type=click.Path(exists=True, file_okay=False),
-    help="Reuse model.onnx / model.static_qdq.onnx / model.dynamic.onnx from export.",
+    help="Reuse model.onnx / model.static_qdq.onnx / model.dynamic.onnx from export (those "
+    "missing, as after a retrain that shipped static INT8, are made here).",
 )
 @click.option("--iters", type=int, default=50, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
@@ -161,7 +162,8 @@ def bench(model_path, data_dir, out_dir, onnx_dir, iters, threads) -> None:
         "onnx_int8_static": "model.static_qdq.onnx",
         "onnx_int8_dynamic": "model.dynamic.onnx",
     }
-    paths = {k: Path(onnx_dir) / v for k, v in names.items()} if onnx_dir else None
+    found = {k: Path(onnx_dir) / v for k, v in names.items()} if onnx_dir else {}
+    paths = {k: path for k, path in found.items() if path.exists()}
     result = benchmark(
         model_path, data_dir, iters=iters, threads=threads, out_dir=out_dir, onnx_paths=paths
     )
