@@ -123,6 +123,6 @@ def _standardized(images: np.ndarray, rows: np.ndarray) -> torch.Tensor:
 def standardize(images: torch.Tensor) -> torch.Tensor:
     """Per image and channel: zero mean, unit deviation (light and colour drop out)."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    variance = (x * x).mean(dim=(2, 3), keepdim=True) - mean * mean  # one pass over the pixels
-    return (x - mean) * torch.rsqrt(variance.clamp_min(0.0) + EPS * EPS)
+    centred = x - x.mean(dim=(2, 3), keepdim=True)
+    variance = (centred * centred).mean(dim=(2, 3), keepdim=True)
+    return centred * torch.rsqrt(variance + EPS * EPS)
