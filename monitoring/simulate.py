@@ -1,5 +1,6 @@
 """Production on a compressed clock: a die stream with operator labels against a running
-service, the hourly monitor through a drift, and a bad challenger's rollout and rollback.
+service, and the hourly monitor through a drift (rollouts beside such a stream are in
+monitoring.simulate_rollout).
 
 One simulated hour is `hour_s` real seconds. Dies leave at even times within each hour
 (`rate` per hour); an operator labels each die `feedback_delay` hours after its answer:
