@@ -25,11 +25,13 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", getattr(model, "_orig_mod", model))
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    """Write the whole training state atomically (model, optimizer, schedule, RNGs)."""
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, average=None) -> None:
+    """Write the whole training state atomically (model, its weight average, optimizer,
+    schedule, RNGs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": unwrap(model).state_dict(),
+        "average": average.state_dict() if average is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "state": state,
@@ -52,9 +54,11 @@ def read_checkpoint(path: Path, fingerprint: str) -> dict | None:
     return payload if payload["state"].get("fingerprint") == fingerprint else None
 
 
-def restore_checkpoint(payload: dict, model, optimizer, scheduler) -> dict:
+def restore_checkpoint(payload: dict, model, optimizer, scheduler, average=None) -> dict:
     """Restore a training state read by read_checkpoint; returns the loop state."""
     unwrap(model).load_state_dict(payload["model"])
+    if average is not None:
+        average.load_state_dict(payload["average"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"]["torch"])

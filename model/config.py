@@ -82,6 +82,9 @@ class TrainConfig:
     temperature: float = 0.1
     note_dropout: float = 0.2
     patience: int = 4
+    # Stage 2 validates and keeps an exponential moving average of the weights over about this
+    # many epochs (0: the raw weights): the calibrated FPR then moves less from epoch to epoch.
+    average_epochs: float = 1.0
     escape_target: float = 0.005
     device: str = "auto"  # auto, cpu, cuda
     bf16: bool = True  # on CUDA only

@@ -3,7 +3,8 @@
 Stage 1 aligns image and process embeddings (contrastive loss only, head frozen); stage 2
 trains everything with focal + contrastive + attention-entropy loss under cosine annealing.
 Each epoch calibrates the defect threshold on validation so the escape rate stays under
-target; the best epoch is the one whose threshold costs the fewest false positives.
+target; the best epoch is the one whose threshold costs the fewest false positives. Stage 2
+validates, and keeps, an exponential moving average of the weights (`train.average_epochs`).
 Under torchrun the ranks train on disjoint shards with DDP; rank 0 validates and writes.
 
     python -m model.train --config configs/cpu.yaml data_dir=data/default
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model import distributed as ddp
@@ -97,10 +99,10 @@ def train_model(
     if hasattr(model, "fit_reference") and ddp.is_main():  # the other ranks get it from wrap
         train = data.splits["train"]
         model.fit_reference(train.images, train.metadata["fab"].to_numpy(), train.labels)
+    stages, steps = _stage_plan(kind, t), _steps_per_epoch(data, t)
+    average = _weight_average(model, t.average_epochs, steps)  # a copy of the plain model
     net = ddp.wrap(model, device)  # all ranks now hold rank 0's weights and buffers
-    stages = _stage_plan(kind, t)
     optimizer = torch.optim.AdamW(_param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
-    steps = _steps_per_epoch(data, t)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(stages, steps))
     alpha = class_alpha(data.splits["train"].labels, cfg.model.num_classes).to(device)
     loss_fn = MultimodalLoss(
@@ -123,17 +125,17 @@ def train_model(
     last = folder / "checkpoints" / "last.pt"
     saved = ddp.from_main(read_checkpoint, last, state["fingerprint"]) if resume else None
     if saved is not None:
-        state = restore_checkpoint(saved, model, optimizer, scheduler)
-    runner = _Epochs(net, loss_fn, optimizer, scheduler, data, cfg, device, progress)
+        state = restore_checkpoint(saved, model, optimizer, scheduler, average)
+    runner = _Epochs(net, average, loss_fn, optimizer, scheduler, data, cfg, device, progress)
     stop = len(stages) if max_epochs is None else min(len(stages), state["epoch"] + max_epochs)
     while state["epoch"] < stop and state["stale"] < t.patience:
         epoch, stage = state["epoch"], stages[state["epoch"]]
         row = runner.run(epoch, stage)
-        _track_best(state, row, model, folder)
+        _track_best(state, row, runner.evaluated(stage), folder)
         state["history"].append(row)
         state["epoch"] = epoch + 1
         if ddp.is_main():
-            save_checkpoint(last, model, optimizer, scheduler, state)
+            save_checkpoint(last, model, optimizer, scheduler, state, average)
             _write_history(folder / "history.csv", state["history"])
     point = None
     if state["epoch"] >= len(stages) or state["stale"] >= t.patience:  # finished: keep the best
@@ -196,6 +198,15 @@ def _lr_factor(stages: list[int], steps: int):
     return factor
 
 
+def _weight_average(model: nn.Module, epochs: float, steps: int) -> AveragedModel | None:
+    """An exponential moving average of the weights over about `epochs` epochs (buffers, such
+    as BatchNorm statistics and the golden references, follow the model), or None for 0."""
+    if epochs <= 0:
+        return None
+    decay = 1.0 - 1.0 / max(1.0, epochs * steps)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
 def _track_best(state: dict, row: dict, model: nn.Module, folder: Path) -> None:
     """Keep the stage-2 epoch with the lowest validation FPR at the escape target."""
     if row["stage"] != 2:
@@ -223,12 +234,18 @@ def _write_history(path: Path, history: list[dict]) -> None:
 class _Epochs:
     """One epoch of training plus its validation, with the run's fixed parts bound."""
 
-    def __init__(self, model, loss_fn, optimizer, scheduler, data, cfg, device, progress):
-        self.model, self.loss_fn = model, loss_fn
+    def __init__(self, model, average, loss_fn, optimizer, scheduler, data, cfg, device, progress):
+        self.model, self.average, self.loss_fn = model, average, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.data, self.cfg, self.device, self.progress = data, cfg, device, progress
         self.autocast = device.type == "cuda" and cfg.train.bf16
         self.turns = not getattr(unwrap(model), "keeps_orientation", False)
+
+    def evaluated(self, stage: int) -> nn.Module:
+        """The weights validated and kept: stage 2's moving average when there is one."""
+        if stage == 2 and self.average is not None and self.average.n_averaged > 0:
+            return self.average.module
+        return unwrap(self.model)
 
     def run(self, epoch: int, stage: int) -> dict:
         t = self.cfg.train
@@ -236,7 +253,7 @@ class _Epochs:
         unwrap(self.model).set_head_trainable(stage == 2)
         started = time.perf_counter()
         train = self._train(epoch, stage)
-        val = ddp.from_main(self._validate)  # the operating point of the whole val split
+        val = ddp.from_main(self._validate, self.evaluated(stage))  # the whole val split
         return {
             "epoch": epoch,
             "stage": stage,
@@ -301,11 +318,13 @@ class _Epochs:
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.scheduler.step()
+        if stage == 2 and self.average is not None:
+            self.average.update_parameters(unwrap(self.model))
         return parts
 
-    def _validate(self) -> dict:
+    def _validate(self, model: nn.Module) -> dict:
         t = self.cfg.train
-        out = predict(unwrap(self.model), self.data.datasets["val"], batch_size=2 * t.batch_size)
+        out = predict(model, self.data.datasets["val"], batch_size=2 * t.batch_size)
         probs, labels = out["probs"], out["labels"]
         point = choose_threshold(probs, labels, t.escape_target)
         y_pred = decide(probs, point.threshold)

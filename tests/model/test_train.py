@@ -81,6 +81,24 @@ def test_resume_reproduces_an_uninterrupted_run(smoke_cfg, tmp_path):
     assert resumed.operating_point == straight.operating_point
 
 
+def test_stage_two_validates_and_keeps_the_moving_average_of_the_weights(smoke_cfg, tmp_path):
+    cfg, data = smoke_cfg
+    cfg.train.stage2_epochs = 1  # the kept epoch is the last one
+    train_model("multimodal", data, cfg, tmp_path, progress=False)
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    kept = torch.load(tmp_path / "best.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in saved["average"].items()}
+    assert saved["average"]["n_averaged"] == 4  # one update per stage-2 step
+    moved = [
+        k
+        for k, v in kept.items()
+        if v.is_floating_point() and not torch.equal(v, saved["model"][k])
+    ]
+    assert moved  # the kept weights are not the last raw weights...
+    for k, v in kept.items():
+        assert torch.equal(v, averaged[k]), k  # ...but their average
+
+
 def test_a_checkpoint_of_another_config_is_not_resumed(smoke_cfg, tmp_path):
     cfg, data = smoke_cfg
     train_model("multimodal", data, cfg, tmp_path, progress=False, max_epochs=2)
