@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -41,7 +43,7 @@ def test_vocabulary_is_bounded(tokenizer):
     assert small.get_vocab_size() <= 60
 
 
-@pytest.mark.parametrize("size", [0, -5, MAX_VOCAB + 1, 50_000])
+@pytest.mark.parametrize("size", [0, 1, -5, MAX_VOCAB + 1, 50_000])
 def test_vocabulary_size_out_of_range_is_rejected(size):
     with pytest.raises(ValueError, match="vocab_size"):
         train_note_tokenizer(NOTES, vocab_size=size)
@@ -116,3 +118,29 @@ def test_training_on_generated_notes(tiny_data):
     assert mask.any(axis=1).all()
     # Training notes are covered by the vocabulary: no unknown token.
     assert not (ids == tok.token_to_id(UNK)).any()
+
+
+def test_the_same_notes_give_the_same_vocabulary_in_every_process():
+    script = (
+        "import json; from tests.model.test_tokenizer import NOTES; "
+        "from model.tokenizer import train_note_tokenizer; "
+        "print(json.dumps(train_note_tokenizer(NOTES, 120).get_vocab(), sort_keys=True))"
+    )
+    vocabs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(vocabs) == 1
+    assert json.loads(vocabs.pop()) == train_note_tokenizer(NOTES, 120).get_vocab()
+
+
+def test_a_word_outside_the_vocabulary_is_split_into_known_pieces(tokenizer):
+    pieces = tokenizer.encode("particlesx").tokens
+    assert len(pieces) > 1 and UNK not in pieces
+    assert all(p.startswith("##") for p in pieces[1:])
