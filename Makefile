@@ -11,6 +11,10 @@ CONFIG ?= configs/cpu.yaml
 
 RUN := runs/$(basename $(notdir $(CONFIG)))
 
+# Prefect's usage telemetry stays off: a fab's machines reach no outside endpoint, and on a
+# first start the local server's telemetry heartbeat can log a "database is locked".
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
 .PHONY: install demo simulate ui serve loadtest monitor browser tools test lint format data audit eda train evaluate clean
 
 $(BIN)/python:
