@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from model import distributed as ddp
@@ -199,12 +199,22 @@ def _lr_factor(stages: list[int], steps: int):
 
 
 def _weight_average(model: nn.Module, epochs: float, steps: int) -> AveragedModel | None:
-    """An exponential moving average of the weights over about `epochs` epochs (buffers, such
-    as BatchNorm statistics and the golden references, follow the model), or None for 0."""
+    """An exponential moving average of the weights over about `epochs` epochs, or None for 0.
+
+    Its decay warms up as (1 + n) / (10 + n) after n updates, so a short run's average is not
+    held back by its first, untrained weights. Buffers (BatchNorm statistics, the golden
+    references) follow the model.
+    """
     if epochs <= 0:
         return None
     decay = 1.0 - 1.0 / max(1.0, epochs * steps)
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=False)
 
 
 def _track_best(state: dict, row: dict, model: nn.Module, folder: Path) -> None:

@@ -10,7 +10,7 @@ from model.losses import MultimodalLoss, class_alpha
 from model.network import build_model
 from model.predict import model_inputs
 from model.report import train_and_report
-from model.train import train_model
+from model.train import _weight_average, train_model
 
 
 @pytest.fixture
@@ -97,6 +97,20 @@ def test_stage_two_validates_and_keeps_the_moving_average_of_the_weights(smoke_c
     assert moved  # the kept weights are not the last raw weights...
     for k, v in kept.items():
         assert torch.equal(v, averaged[k]), k  # ...but their average
+
+
+def test_the_moving_average_warms_up_then_decays_at_its_horizon():
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = _weight_average(model, epochs=1.0, steps=20)  # decay 0.95 once warmed up
+    expected = None
+    for n in range(250):  # the cap binds from n = 171 on
+        with torch.no_grad():
+            model.weight.fill_(float(n))
+        average.update_parameters(model)
+        decay = min(0.95, (1 + n) / (10 + n))  # n updates averaged before this one
+        expected = float(n) if expected is None else decay * expected + (1 - decay) * n
+        assert average.module.weight.item() == pytest.approx(expected, rel=1e-5), n
+    assert _weight_average(model, epochs=0, steps=20) is None
 
 
 def test_a_checkpoint_of_another_config_is_not_resumed(smoke_cfg, tmp_path):
