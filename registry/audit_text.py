@@ -59,7 +59,8 @@ def _training(t: Mapping | None, git_commit: str | None) -> list[str]:
         return ["Training run", _row("run", "unknown")]
     params, metrics = t["params"], t["metrics"]
     shown = [k for k in KEY_PARAMS if k in params] or list(params)[:6]
-    figures = {k: v for k, v in metrics.items() if ".test" in k or k.endswith(".threshold")}
+    kept = (".test", ".operating_threshold")
+    figures = {k: v for k, v in metrics.items() if any(part in k for part in kept)}
     return [
         "Training run",
         _row("run", f"{t['run_id']}  {t['name']}  {t['status']}"),

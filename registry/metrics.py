@@ -35,7 +35,8 @@ def test_metrics(summary: Mapping[str, Mapping]) -> dict[str, float]:
     """Test figures of each kind from summary.json (see model.report.score).
 
     Names: ``<kind>.<split>.{escape_rate, escape_upper95, fpr, fpr_upper95, macro_f1,
-    accuracy}`` for split ``test`` and ``test_no_notes``, and ``<kind>.threshold``,
+    accuracy}`` for split ``test`` and ``test_no_notes``, and ``<kind>.operating_threshold``
+    (the kept epoch's; ``<kind>.threshold`` is each epoch's, in the history),
     ``<kind>.best_epoch``, ``<kind>.train_seconds``.
     """
     out: dict[str, float] = {}
@@ -43,7 +44,7 @@ def test_metrics(summary: Mapping[str, Mapping]) -> dict[str, float]:
         for split in SPLITS:
             if split in figures:
                 out |= {f"{kind}.{split}.{k}": v for k, v in _split_figures(figures[split])}
-        for key, name in (("threshold", "threshold"), ("best_epoch", "best_epoch")):
+        for key, name in (("threshold", "operating_threshold"), ("best_epoch", "best_epoch")):
             if figures.get(key) is not None:
                 out[f"{kind}.{name}"] = float(figures[key])
         if figures.get("seconds") is not None:
@@ -66,9 +67,9 @@ def run_metrics(
 ) -> list[Metric]:
     """Every kind's per-epoch history, then the test figures, as one list to log.
 
-    The test figures are stamped after every history value: a name in both (``threshold``)
-    must not repeat the key (name, timestamp, step) of its epoch-0 value, which MLflow's
-    logged-model metrics refuse.
+    The test figures are stamped after every history value, so that a name in both would not
+    repeat the key (name, timestamp, step) of its epoch-0 value, which MLflow's logged-model
+    metrics refuse.
     """
     metrics = [m for kind, path in histories.items() for m in epoch_metrics(kind, path)]
     now = max([int(time.time() * 1000), *(m.timestamp + 1 for m in metrics)])

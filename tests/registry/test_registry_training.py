@@ -119,13 +119,14 @@ def test_missing_files_fail_before_anything_is_logged(store, run_files, tmp_path
 
 
 def test_final_figures_never_repeat_a_history_key(tmp_path, monkeypatch):
-    """`threshold` is in the history and in the final figures; with a clock that does not
-    move between them, no two metrics may share (name, timestamp, step)."""
+    """With a clock that does not move, no two metrics share (name, timestamp, step); the
+    kept epoch's threshold is not confused with the last epoch's."""
     monkeypatch.setattr("registry.metrics.time.time", lambda: 1_800_000_000.0)
     history = tmp_path / "history.csv"
-    history.write_text("epoch,threshold,val_loss\n0,0.4,1.0\n1,0.3,0.9\n")
+    history.write_text("epoch,threshold,val_loss\n0,0.4,1.0\n1,0.3,0.9\n2,0.2,0.95\n")
     summary = {"multimodal": {"threshold": 0.3, "best_epoch": 1}}
     metrics = run_metrics({"multimodal": history}, summary)
     keys = [(m.key, m.timestamp, m.step) for m in metrics]
     assert len(keys) == len(set(keys))
-    assert [m.value for m in metrics if m.key == "multimodal.threshold"] == [0.4, 0.3, 0.3]
+    assert [m.value for m in metrics if m.key == "multimodal.threshold"] == [0.4, 0.3, 0.2]
+    assert [m.value for m in metrics if m.key == "multimodal.operating_threshold"] == [0.3]
