@@ -31,9 +31,11 @@ class DieDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = np.sort(np.asarray(indices))  # sorted reads are sequential in the memory map
         images = torch.from_numpy(np.ascontiguousarray(self.images[idx])).permute(0, 3, 1, 2)
-        t = torch.from_numpy(idx)
+        return {"image": images} | self.fields(torch.from_numpy(idx))  # (B, 3, H, W) uint8
+
+    def fields(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything of the dies at positions `t` (sorted, int64) but their images."""
         return {
-            "image": images,  # (B, 3, H, W) uint8
             "process": self.process[t],  # (B, 48) z-scores, 0 where missing
             "missing": self.missing[t],  # (B, 48) bool
             "note_ids": self.note_ids[t],  # (B, L) int64

@@ -91,6 +91,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile on CUDA
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps the default
     max_batches_per_epoch: int = 0  # 0: the whole split
+    # 0: the multimodal model's parameter-free image front end (the golden-die comparison at
+    # full resolution, the shrink) runs in every step, on freshly augmented dies. n > 0: it runs
+    # before training over n augmented views of each train die (epoch e trains on view e mod n)
+    # and once over the val dies. On a CPU that front end costs more than the learned layers.
+    # Memory: n x train dies x front-end size in float16, plus val dies in float32.
+    front_end_views: int = 0
 
 
 @dataclass

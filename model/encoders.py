@@ -65,9 +65,24 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images (B, 3, H, W) in [0, 1]. Returns: visual tokens (B, K, D)."""
+        return self.encode(*self.front_end(images))
+
+    def front_end(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The parameter-free first steps: normalisation or the golden-die comparison, then
+        the shrink to encoder size, and each region's residual peaks.
+
+        Args: images (B, 3, H, W) in [0, 1].
+        Returns: the ViT's input (B, C, H / stride, W / stride) and the peaks (B, K, 3), or
+            None without a golden die.
+        """
         x = self.normalize(images) if self.reference is None else self.reference(images)
-        tokens = self.proj(self.vit.forward_features(shrink(x, self.stride)))  # B, K, D
-        return tokens if self.peaks is None else tokens + self.peaks(x[:, 3:])
+        peaks = None if self.peaks is None else self.peaks.pool(x[:, 3:])
+        return shrink(x, self.stride), peaks
+
+    def encode(self, pixels: torch.Tensor, peaks: torch.Tensor | None) -> torch.Tensor:
+        """Args: the output of `front_end`. Returns: visual tokens (B, K, D)."""
+        tokens = self.proj(self.vit.forward_features(pixels))  # B, K, D
+        return tokens if peaks is None else tokens + self.peaks(peaks)
 
 
 class ResidualPeaks(nn.Module):
@@ -85,11 +100,15 @@ class ResidualPeaks(nn.Module):
         self.region_px = region_px
         self.embed = nn.Sequential(nn.Linear(3, dim), nn.GELU(), nn.Linear(dim, dim))
 
-    def forward(self, residual: torch.Tensor) -> torch.Tensor:
-        """Args: residual (B, 3, H, W). Returns: (B, K, D), regions in row-major order."""
+    def pool(self, residual: torch.Tensor) -> torch.Tensor:
+        """Args: residual (B, 3, H, W). Returns: peaks (B, K, 3), regions in row-major order."""
         blocks = F.avg_pool2d(residual, 2).abs()
         peaks = F.max_pool2d(blocks, self.region_px // 2)  # B, 3, H / region, W / region
-        return self.embed(peaks.flatten(2).transpose(1, 2))
+        return peaks.flatten(2).transpose(1, 2)
+
+    def forward(self, peaks: torch.Tensor) -> torch.Tensor:
+        """Args: peaks (B, K, 3) from `pool`. Returns: their embedding (B, K, D)."""
+        return self.embed(peaks)
 
 
 def shrink(x: torch.Tensor, stride: int) -> torch.Tensor:

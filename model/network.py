@@ -67,14 +67,16 @@ class MultimodalDefectDetector(nn.Module):
 
     def forward_features(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | None,
         process_logs: torch.Tensor,
         note_tokens: torch.Tensor | None = None,
         note_mask: torch.Tensor | None = None,
         process_missing: torch.Tensor | None = None,
+        front_end: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Args: as `forward`. Returns: pooled fused vector (B, D) and the aux dict."""
-        h_v = self.image_encoder(images)  # B, K, D
+        encoder = self.image_encoder
+        h_v = encoder(images) if front_end is None else encoder.encode(*front_end)  # B, K, D
         B, K, _ = h_v.shape  # batch, regions, dim
         h_p, process_embedding = self.process_encoder(process_logs, process_missing)  # B, P, D
         h_v2, process_attention = self.fuse_process(h_v, h_p)  # B, K, D ; B, K, P
@@ -125,24 +127,27 @@ class MultimodalDefectDetector(nn.Module):
 
     def forward(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | None,
         process_logs: torch.Tensor,
         note_tokens: torch.Tensor | None = None,
         note_mask: torch.Tensor | None = None,
         process_missing: torch.Tensor | None = None,
+        front_end: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Args:
-            images: (B, 3, H, W) in [0, 1].
+            images: (B, 3, H, W) in [0, 1]; None when `front_end` is given.
             process_logs: (B, P) z-scored, NaN allowed where missing.
             note_tokens: (B, L) int64 ids, 0 = padding; None when no sample has a note.
             note_mask: (B, L) bool, True on real tokens; an all-False row means no note.
             process_missing: (B, P) bool, True = missing; derived from NaN when None.
+            front_end: `image_encoder.front_end(images)` computed beforehand (training
+                computes it once per split), in place of the images.
         Returns:
             logits (B, num_classes) and the aux dict (region_map, process_attention,
             text_attention, image_embedding, process_embedding, fused_embedding).
         """
         pooled, aux = self.forward_features(
-            images, process_logs, note_tokens, note_mask, process_missing
+            images, process_logs, note_tokens, note_mask, process_missing, front_end
         )
         return self.forward_head(pooled), aux
 

@@ -17,18 +17,31 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def model_inputs(batch: dict, device: torch.device, with_notes: bool = True) -> dict:
-    """The forward() keyword arguments of a batch, on `device`, images as float [0, 1]."""
-    images = batch["image"].to(device, non_blocking=True)
+    """The forward() keyword arguments of a batch, on `device`, images as float [0, 1].
+
+    A batch with a precomputed image front end (model.front_end) passes it instead of images.
+    """
     note_mask = batch["note_mask"].to(device, non_blocking=True)
     if not with_notes:
         note_mask = torch.zeros_like(note_mask)
-    return {
-        "images": images.float() / 255.0 if images.dtype == torch.uint8 else images,
+    if "front_end" in batch:
+        images = None
+        front_end = {"front_end": tuple(_to(t, device) for t in batch["front_end"])}
+    else:
+        images = batch["image"].to(device, non_blocking=True)
+        images = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        front_end = {}
+    return front_end | {
+        "images": images,
         "process_logs": batch["process"].to(device, non_blocking=True),
         "process_missing": batch["missing"].to(device, non_blocking=True),
         "note_tokens": batch["note_ids"].to(device, non_blocking=True),
         "note_mask": note_mask,
     }
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device, non_blocking=True)
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ from model.checkpoint import (
 )
 from model.config import RunConfig, load_config
 from model.data import augment_batch
+from model.front_end import FrontEndDataset, compute_front_end
 from model.losses import MultimodalLoss, class_alpha
 from model.metrics import decide, escape_rate, false_positive_rate, macro_f1
 from model.network import build_model
@@ -99,9 +100,10 @@ def train_model(
     if hasattr(model, "fit_reference") and ddp.is_main():  # the other ranks get it from wrap
         train = data.splits["train"]
         model.fit_reference(train.images, train.metadata["fab"].to_numpy(), train.labels)
-    stages, steps = _stage_plan(kind, t), _steps_per_epoch(data, t)
+    stages, steps = _stage_plan(kind, t), _steps_per_epoch(len(data.datasets["train"]), t)
     average = _weight_average(model, t.average_epochs, steps)  # a copy of the plain model
     net = ddp.wrap(model, device)  # all ranks now hold rank 0's weights and buffers
+    dies = _training_dies(model, data, cfg, device)
     optimizer = torch.optim.AdamW(_param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(stages, steps))
     alpha = class_alpha(data.splits["train"].labels, cfg.model.num_classes).to(device)
@@ -126,7 +128,7 @@ def train_model(
     saved = ddp.from_main(read_checkpoint, last, state["fingerprint"]) if resume else None
     if saved is not None:
         state = restore_checkpoint(saved, model, optimizer, scheduler, average)
-    runner = _Epochs(net, average, loss_fn, optimizer, scheduler, data, cfg, device, progress)
+    runner = _Epochs(net, average, loss_fn, optimizer, scheduler, dies, cfg, device, progress)
     stop = len(stages) if max_epochs is None else min(len(stages), state["epoch"] + max_epochs)
     while state["epoch"] < stop and state["stale"] < t.patience:
         epoch, stage = state["epoch"], stages[state["epoch"]]
@@ -146,6 +148,19 @@ def train_model(
             save_trained(folder / "model.pt", model, kind, cfg, point)
     seconds = time.perf_counter() - started
     return TrainResult(kind, folder, model, point, state["history"], state["best_epoch"], seconds)
+
+
+def _training_dies(model: nn.Module, data: Prepared, cfg: RunConfig, device) -> dict:
+    """The train and val dies as training reads them: with the image front end computed
+    beforehand when `train.front_end_views` is set and the model has one, else as prepared."""
+    t = cfg.train
+    dies = {s: data.datasets[s] for s in ("train", "val")}
+    if not (t.front_end_views and hasattr(model, "image_encoder")):
+        return dies
+    encoder, size = model.image_encoder, 2 * t.batch_size
+    views = t.front_end_views
+    train = compute_front_end(encoder, dies["train"], size, device, views, t.seed, torch.float16)
+    return {"train": train, "val": compute_front_end(encoder, dies["val"], size, device)}
 
 
 def _fingerprint(kind: str, cfg: RunConfig, data: Prepared) -> str:
@@ -174,9 +189,9 @@ def _stage_plan(kind: str, t) -> list[int]:
     return [1] * t.stage1_epochs + [2] * t.stage2_epochs
 
 
-def _steps_per_epoch(data: Prepared, t) -> int:
+def _steps_per_epoch(train_dies: int, t) -> int:
     """Batches of train.batch_size per rank and epoch; each rank holds 1/world of the dies."""
-    shard = math.ceil(len(data.datasets["train"]) / ddp.world_size())
+    shard = math.ceil(train_dies / ddp.world_size())
     steps = math.ceil(shard / t.batch_size)
     return min(steps, t.max_batches_per_epoch) if t.max_batches_per_epoch else steps
 
@@ -244,10 +259,10 @@ def _write_history(path: Path, history: list[dict]) -> None:
 class _Epochs:
     """One epoch of training plus its validation, with the run's fixed parts bound."""
 
-    def __init__(self, model, average, loss_fn, optimizer, scheduler, data, cfg, device, progress):
+    def __init__(self, model, average, loss_fn, optimizer, scheduler, dies, cfg, device, progress):
         self.model, self.average, self.loss_fn = model, average, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.data, self.cfg, self.device, self.progress = data, cfg, device, progress
+        self.dies, self.cfg, self.device, self.progress = dies, cfg, device, progress
         self.autocast = device.type == "cuda" and cfg.train.bf16
         self.turns = not getattr(unwrap(model), "keeps_orientation", False)
 
@@ -276,8 +291,9 @@ class _Epochs:
     def _train(self, epoch: int, stage: int) -> dict:
         t, device = self.cfg.train, self.device
         self.model.train()
+        train = self.dies["train"]
         loader = die_loader(
-            self.data.datasets["train"],
+            train.view(epoch) if isinstance(train, FrontEndDataset) else train,
             t.batch_size,
             shuffle=True,
             seed=t.seed * 1000 + epoch,
@@ -286,7 +302,7 @@ class _Epochs:
             distributed=ddp.is_active(),  # the same permutation on all ranks, one shard each
         )
         gen = torch.Generator(device=device).manual_seed(ddp.rank_seed(t.seed * 1000 + epoch))
-        total = _steps_per_epoch(self.data, t)
+        total = _steps_per_epoch(len(self.dies["train"]), t)
         bar = tqdm(
             loader,
             total=total,
@@ -314,8 +330,9 @@ class _Epochs:
 
     def _step(self, batch: dict, stage: int, gen: torch.Generator) -> dict:
         inputs = model_inputs(batch, self.device)
-        inputs["images"] = augment_batch(inputs["images"], gen, turns=self.turns)
-        B = inputs["images"].shape[0]  # batch size
+        if inputs["images"] is not None:  # a precomputed front end is already augmented
+            inputs["images"] = augment_batch(inputs["images"], gen, turns=self.turns)
+        B = len(batch["label"])  # batch size
         drop = torch.rand(B, device=self.device, generator=gen) < self.cfg.train.note_dropout
         inputs["note_mask"] = inputs["note_mask"] & ~drop[:, None]
         labels = batch["label"].to(self.device, non_blocking=True)
@@ -334,7 +351,7 @@ class _Epochs:
 
     def _validate(self, model: nn.Module) -> dict:
         t = self.cfg.train
-        out = predict(model, self.data.datasets["val"], batch_size=2 * t.batch_size)
+        out = predict(model, self.dies["val"], batch_size=2 * t.batch_size)
         probs, labels = out["probs"], out["labels"]
         point = choose_threshold(probs, labels, t.escape_target)
         y_pred = decide(probs, point.threshold)

@@ -5,10 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
+from model.calibrate import choose_threshold
 from model.checkpoint import ModelFileError, load_trained
+from model.front_end import compute_front_end
 from model.losses import MultimodalLoss, class_alpha
 from model.network import build_model
-from model.predict import model_inputs
+from model.predict import model_inputs, predict
 from model.report import train_and_report
 from model.train import _weight_average, train_model
 
@@ -140,3 +142,28 @@ def test_a_corrupt_or_foreign_model_file_is_refused(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(ModelFileError, match="not a usable dieguard model"):
         load_trained(path)
+
+
+def test_a_cached_front_end_trains_and_validates_as_the_images_would(smoke_cfg, tmp_path):
+    cfg, data = smoke_cfg
+    cfg.train.front_end_views = 2
+    result = train_model("multimodal", data, cfg, tmp_path, progress=False)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == 3 and np.isfinite(history["train_loss"]).all()
+    model = result.model.eval()
+    val = data.datasets["val"]
+    cached = compute_front_end(model.image_encoder, val, 16, torch.device("cpu"))
+    assert len(cached) == len(val)
+    batch = val.__getitems__([5, 0, 3])
+    a, _ = model(**model_inputs(batch, torch.device("cpu")))
+    b, _ = model(**model_inputs(cached.__getitems__([3, 5, 0]), torch.device("cpu")))
+    torch.testing.assert_close(a, b)
+    on_images, on_cache = predict(model, val), predict(model, cached)
+    np.testing.assert_allclose(on_images["probs"], on_cache["probs"], atol=1e-5)
+    kept = pd.read_csv(tmp_path / "history.csv").loc[result.best_epoch]
+    point = choose_threshold(on_images["probs"], on_images["labels"], cfg.train.escape_target)
+    assert point.threshold == pytest.approx(kept["threshold"], abs=1e-5)
+    views = compute_front_end(model.image_encoder, val, 16, torch.device("cpu"), views=2)
+    first, second, third = (views.view(i).__getitems__([0, 1]) for i in range(3))
+    assert not torch.equal(first["front_end"][0], second["front_end"][0])  # augmented views
+    assert torch.equal(first["front_end"][0], third["front_end"][0])  # epoch e: view e mod n
