@@ -67,6 +67,11 @@ class ImageEncoder(nn.Module):
         """Args: images (B, 3, H, W) in [0, 1]. Returns: visual tokens (B, K, D)."""
         return self.encode(*self.front_end(images))
 
+    @property
+    def keeps_orientation(self) -> bool:
+        """True when images are compared with golden dies: no flips or turns in training."""
+        return self.reference is not None
+
     def front_end(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The parameter-free first steps: normalisation or the golden-die comparison, then
         the shrink to encoder size, and each region's residual peaks.

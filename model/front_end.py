@@ -62,14 +62,8 @@ def compute_front_end(
             (`augment_batch`, orientation kept when the encoder compares with golden dies).
         seed: the augmentations' random stream.
         dtype: storage type (float16 halves the memory of training views).
-    Raises:
-        ValueError: the front end holds trainable parameters (it would go stale).
     """
-    if any(
-        p.requires_grad for m in (encoder.normalize, encoder.reference) if m for p in m.parameters()
-    ):
-        raise ValueError("the image front end has trainable parameters; it cannot be cached")
-    turns = encoder.reference is None
+    turns = not encoder.keeps_orientation
     out = []
     for v in range(max(1, views)):
         gen = torch.Generator(device=device).manual_seed(seed * 1000 + v)

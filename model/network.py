@@ -107,7 +107,7 @@ class MultimodalDefectDetector(nn.Module):
     @property
     def keeps_orientation(self) -> bool:
         """True when images are compared with golden dies: no flips or turns in training."""
-        return self.image_encoder.reference is not None
+        return self.image_encoder.keeps_orientation
 
     def fit_reference(self, images, fabs, labels) -> None:
         """Fit the golden dies from good training dies (no-op without golden_reference).
