@@ -26,6 +26,8 @@ class MultimodalDefectDetector(nn.Module):
     zero-initialised gate; an attention pool and a linear head give the logits.
     """
 
+    reads_notes = True
+
     def __init__(
         self,
         img_size: int = 256,
@@ -207,6 +209,8 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 class VisionBaseline(nn.Module):
     """Image-only ResNet-18 with the multimodal model's call signature (extra inputs ignored)."""
+
+    reads_notes = False
 
     def __init__(
         self, weights_path: str | Path | None = None, num_classes: int = 5, stride: int = 1

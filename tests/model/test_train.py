@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from model import report
 from model.calibrate import choose_threshold
 from model.checkpoint import ModelFileError, load_trained
 from model.front_end import compute_front_end
@@ -131,6 +132,16 @@ def test_train_and_report_scores_test_with_and_without_notes(smoke_cfg):
     assert test["n"] == 120
     assert {"escape", "fpr", "macro_f1", "accuracy"} <= set(test)
     assert summary["multimodal"]["test_no_notes"]["n"] == 120
+
+
+def test_an_image_only_model_is_scored_once(smoke_cfg, tmp_path, monkeypatch):
+    cfg, data = smoke_cfg
+    result = train_model("baseline", data, cfg, tmp_path, progress=False)
+    passes = []
+    monkeypatch.setattr(report, "predict", lambda *a, **k: passes.append(k) or predict(*a, **k))
+    summary = report.score(result, data)
+    assert passes == [{"with_notes": True}]  # notes cannot change what it sees
+    assert summary["test_no_notes"] == summary["test"]
 
 
 @pytest.mark.parametrize("content", [b"", b"not a model", None])
