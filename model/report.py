@@ -50,10 +50,8 @@ def score(result: TrainResult, data) -> dict:
         "val_fpr": result.operating_point.val_fpr,
     }
     for name, notes in (("test", True), ("test_no_notes", False)):
-        if not (notes or result.model.reads_notes):  # an image-only model: the same figures
-            out[name] = out["test"]
-            continue
-        pred = predict(result.model, data.datasets["test"], with_notes=notes)
+        if notes or result.model.reads_notes:  # an image-only model's figures hold without notes
+            pred = predict(result.model, data.datasets["test"], with_notes=notes)
         out[name] = summarize(pred["labels"], pred["probs"], threshold)
     return out
 
