@@ -142,7 +142,10 @@ def simulate_rollout(url, station_key, operator_key, clean_dir, tracking_uri, mo
 def simulate_bad_challenger(url, station_key, operator_key, clean_dir, tracking_uri, model_name,
                             log_url, workdir, hours=12, rate=40, hour_s=5.0,
                             feedback_delay=1.0, overrides=None, tag=None) -> dict:  # fmt: skip
-    """Register a challenger that passes every die and roll it out (simulate_rollout).
+    """Register a challenger that passes every die and roll it out on a defect-rich stream.
+
+    Half the dies defective: the escape-rate rule sees its minimum of defective labels within
+    about an hour of labels, even when a slow machine sends fewer dies an hour than asked.
 
     Args:
         workdir: for the downloaded bundles; overrides: over rollout_overrides(hour_s).
@@ -152,7 +155,7 @@ def simulate_bad_challenger(url, station_key, operator_key, clean_dir, tracking_
     settings = rollout_overrides(hour_s) + list(overrides or [])
     return simulate_rollout(url, station_key, operator_key, clean_dir, tracking_uri, model_name,
                             log_url, version, hours, rate, hour_s, feedback_delay, settings,
-                            tag=tag or f"c{int(time.time()) % 100000}-")  # fmt: skip
+                            rich=True, tag=tag or f"c{int(time.time()) % 100000}-")  # fmt: skip
 
 
 def format_events(events: list[dict]) -> str:
