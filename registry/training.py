@@ -86,7 +86,8 @@ def log_training(
         **_deployment_tags(deployments),
         **{k: to_text(v) for k, v in (tags or {}).items()},
     }
-    run = client.create_run(exp_id, run_name=folder.name, tags=run_tags)
+    started = first_written(folder, kinds)
+    run = client.create_run(exp_id, start_time=started, run_name=folder.name, tags=run_tags)
     run_id = run.info.run_id
     try:
         _log_figures(client, run_id, folder, config, kinds, summary or {})
@@ -102,6 +103,14 @@ def log_training(
             log_fp32(kind, deploy_dir)
             log_int8_bundle(kind, deploy_dir, folder / "prepared")
     return record(client, exp_id, run_id, reused=False)
+
+
+def first_written(folder: Path, kinds: tuple[str, ...]) -> int:
+    """When the run began, in ms since the epoch: the oldest of its prepared statistics and
+    histories (the run is logged once training ends, but it spans the training)."""
+    files = [folder / "prepared" / n for n in ("scaler.json", "tokenizer.json")]
+    files += [folder / kind / "history.csv" for kind in kinds]
+    return int(min(p.stat().st_mtime for p in files) * 1000)
 
 
 def training_key(

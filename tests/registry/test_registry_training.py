@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import mlflow
 import pytest
 
 from model.checkpoint import load_trained
-from registry import log_training
+from registry import log_training, open_store
 from registry.metrics import run_metrics
 from tests.registry.fake_run import (
     DATA_DIGEST,
@@ -107,6 +109,20 @@ def test_a_retried_log_reuses_the_finished_run(store, logged, run_files):
     again = log_fake_run(store, run_files)
     assert again.reused and again.run_id == logged.run_id
     assert again.models == logged.models
+
+
+def test_the_run_spans_the_training_not_only_its_logging(run_files, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(run_files["folder"], folder)
+    began = 1_790_000_000  # the prepared statistics were written first, then the history
+    for offset, name in enumerate(("prepared/scaler.json", "prepared/tokenizer.json")):
+        os.utime(folder / name, (began + offset, began + offset))
+    os.utime(folder / KIND / "history.csv", (began + 600, began + 600))
+    fresh = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the copy would reuse a run
+    logged = log_fake_run(fresh, run_files | {"folder": folder})
+    info = fresh.client.get_run(logged.run_id).info
+    assert info.start_time == began * 1000
+    assert info.end_time > (began + 600) * 1000
 
 
 def test_missing_files_fail_before_anything_is_logged(store, run_files, tmp_path):
