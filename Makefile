@@ -14,6 +14,8 @@ RUN := runs/$(basename $(notdir $(CONFIG)))
 # Prefect's usage telemetry stays off: a fab's machines reach no outside endpoint, and on a
 # first start the local server's telemetry heartbeat can log a "database is locked".
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# MLflow's per-download progress bars would bury the demo's own output.
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
 .PHONY: install demo simulate ui serve loadtest monitor browser tools test lint format data audit eda train evaluate clean
 
@@ -51,11 +53,13 @@ evaluate: train
 
 # The approved candidate stays challenger: the simulation rolls it out. Exit status 2: the
 # release gates refused the candidate and the champion stays, which is one of the two ways
-# a retrain ends well; the demo reports it and completes.
+# a retrain ends well; the demo reports it and completes. Last, the champion's audit record.
 demo: data
 	$(BIN)/dieguard retrain --config $(CONFIG) --auto-approve --hold-for-rollout \
 		data_dir=$(DATA) || [ $$? -eq 2 ]
 	$(MAKE) --no-print-directory simulate
+	@echo; echo "The champion as an auditor reads it (dieguard audit dieguard champion):"
+	@$(BIN)/dieguard audit dieguard champion
 
 # Production on a compressed clock, 5 s an hour. The approved challenger runs in shadow
 # beside the champion, then decides 10, 25, 50 and 100% of the dies and is promoted (demo
