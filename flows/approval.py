@@ -15,7 +15,9 @@ class ApprovalForm(RunInput):
     """What a quality engineer fills in to approve or reject a candidate model."""
 
     approve: bool = Field(False, description="Approve this model version for promotion.")
-    approver: str = Field("", description="Your name or badge id (recorded in the registry).")
+    approver: str = Field(
+        min_length=1, description="Your name or badge id (recorded in the registry)."
+    )
     reason: str = Field("", description="Why: recorded with the decision for the audit trail.")
     reviewed_evaluation_report: bool = Field(False, description="I read the evaluation report.")
     reviewed_fairness_audit: bool = Field(False, description="I checked the fairness audit.")

@@ -1,5 +1,8 @@
 """The approval form's rule: approving takes a named approver and every checklist item."""
 
+import pytest
+from pydantic import ValidationError
+
 from flows.approval import CHECKLIST, ApprovalForm, automatic_approval, decide
 
 CHECKED = dict.fromkeys(CHECKLIST, True)
@@ -25,6 +28,11 @@ def test_an_approval_without_an_approver_is_refused():
     decision = decide(ApprovalForm(approve=True, approver="  ", **CHECKED))
     assert not decision.approved and decision.approver == "unknown"
     assert decision.reason == "approval refused: incomplete form (approver)."
+
+
+def test_the_form_cannot_be_submitted_without_an_approver():
+    with pytest.raises(ValidationError, match="approver"):
+        ApprovalForm(approve=False, reason="edge FPR")
 
 
 def test_a_rejection_needs_no_checklist():

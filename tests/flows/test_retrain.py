@@ -199,6 +199,7 @@ def assert_the_ui_shows_the_approval_form(run) -> None:
         description = json.loads(client.read_flow_run_input(run.id, keys["description"]))
     assert {"approve", "approver", "reason", *CHECKED} <= set(schema["properties"])
     assert schema["properties"]["approve"]["type"] == "boolean"
+    assert schema["required"] == ["approver"]  # the UI asks for a name before Submit
     assert "Approve dieguard-test version" in description and "escape rate" in description
 
 
