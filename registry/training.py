@@ -11,7 +11,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_RUN_NAME
 
-from registry.bundle import GATE_FILE, sha256
+from registry.bundle import GATE_FILE, SCALER_FILE, TOKENIZER_FILE, sha256
 from registry.datasets import Split, log_splits
 from registry.metrics import batches, run_metrics
 from registry.models import INT8_FILE, log_fp32, log_int8_bundle, log_pytorch
@@ -23,6 +23,7 @@ KEY_TAG = "dieguard.training_key"  # identifies a training run's content (retrie
 DIGEST_TAG = "dieguard.data_digest"
 FOLDER_TAG = "dieguard.run_folder"
 INT8_POINT_FILE = "model.int8.operating_point.json"
+PREPARED_FILES = (SCALER_FILE, TOKENIZER_FILE)  # under the run folder's prepared/
 
 
 def log_training(
@@ -108,7 +109,7 @@ def log_training(
 def first_written(folder: Path, kinds: tuple[str, ...]) -> int:
     """When the run began, in ms since the epoch: the oldest of its prepared statistics and
     histories (the run is logged once training ends, but it spans the training)."""
-    files = [folder / "prepared" / n for n in ("scaler.json", "tokenizer.json")]
+    files = [folder / "prepared" / n for n in PREPARED_FILES]
     files += [folder / kind / "history.csv" for kind in kinds]
     return int(min(p.stat().st_mtime for p in files) * 1000)
 
@@ -137,7 +138,7 @@ def _check_inputs(folder: Path, kinds, deployments: Mapping[str, Path], artifact
     absent = [f"{name} ({path})" for name, path in artifacts.items() if not Path(path).exists()]
     if absent:
         raise FileNotFoundError(f"artifacts missing: {', '.join(absent)}")
-    needed = [folder / "prepared" / n for n in ("scaler.json", "tokenizer.json")]
+    needed = [folder / "prepared" / n for n in PREPARED_FILES]
     needed += [folder / kind / n for kind in kinds for n in ("model.pt", "history.csv")]
     deployed = ("model.onnx", "model.operating_point.json", INT8_FILE, INT8_POINT_FILE)
     needed += [d / n for d in deployments.values() for n in deployed]
