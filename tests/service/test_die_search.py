@@ -6,17 +6,13 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
+import sqlalchemy as sa
 
 from service.bench_dashboard import inspection_record, record_all
-from service.die_search import (
-    DieFilter,
-    FilterError,
-    all_dies,
-    csv_text,
-    find_dies,
-    parse_filter,
-)
+from service.die_search import DieFilter, FilterError, all_dies, csv_text, find_dies, parse_filter
 from service.inspection_log import InspectionLog
+from service.log_tables import METADATA, engine_url
+from service.wafer_map import lot_summaries
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -49,10 +45,16 @@ def test_a_filter_that_cannot_be_used_says_why(params, reason):
         parse_filter(params)
 
 
-@pytest.fixture(scope="module")
-def log(tmp_path_factory):
-    """Twelve dies over two fabs, every third flagged, one confirmed and one overridden."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def log(request, tmp_path_factory):
+    """Twelve dies over two fabs, every third flagged, one confirmed and one overridden, in a
+    SQLite file or the session's PostgreSQL database."""
     url = f"sqlite:///{tmp_path_factory.mktemp('search') / 'log.db'}"
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        engine = sa.create_engine(engine_url(url))
+        METADATA.drop_all(engine)
+        engine.dispose()
     records = []
     for i in range(12):
         fab = "AB"[i % 2]
@@ -108,3 +110,11 @@ def test_the_csv_has_a_line_per_die_with_its_feedback(log):
     assert ",overridden,particle,bench," in overridden
     no_position = next(line for line in lines if "B-W1-D11" in line)
     assert ",B,,,," in no_position  # lot, chamber, x and y are empty, not made up
+
+
+def test_lots_are_summed_up_latest_first(log):
+    lots = [
+        (r["lot_id"], r["fab"], r["wafers"], r["dies"], r["flagged"]) for r in lot_summaries(log)
+    ]
+    assert lots == [("L1", "B", 2, 4, 0), ("L0", "B", 2, 4, 4), ("L2", "B", 2, 3, 0)]
+    assert lot_summaries(log)[0]["latest"] == T0 + timedelta(hours=10)
