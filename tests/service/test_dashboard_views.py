@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from model.schema import CLASS_NAMES
-from service.bench_dashboard import OPERATOR_KEY, views_app
+from service.bench_dashboard import OPERATOR_KEY, bench_config, views_app
 from service.embedded import serve_in_thread
 from service.wafer_map import PALETTE
 from tests.service import views_seed as seed
@@ -260,3 +260,17 @@ def test_a_page_past_the_last_says_so(fab):
     with client(url) as operator:
         response = operator.get("/dashboard/find?page=9")
     assert response.status_code == 200 and "past the last page (2)" in response.text
+
+
+@pytest.mark.parametrize("path", ["/dashboard/find", "/dashboard/lots", "/dashboard/trends"])
+def test_an_unreachable_log_is_a_503_page(tmp_path, path):
+    config = bench_config(tmp_path).with_changes(
+        database_url="postgresql://postgres@127.0.0.1:1/nowhere"
+    )
+    url, stop = serve_in_thread(views_app(config))
+    try:
+        with client(url) as operator:
+            response = operator.get(path)
+    finally:
+        stop()
+    assert response.status_code == 503 and "Inspection log unavailable" in response.text
