@@ -23,6 +23,7 @@ from service.log_tables import FEEDBACK, INSPECTIONS, as_utc
 
 PAGE_SIZE = 50
 FEEDBACK_STATES = ("none", "confirmed", "overridden")
+FEEDBACK_NAMES = {"confirm": "confirmed", "override": "overridden"}  # verdict -> state
 FLAGGED_CHOICES = ("yes", "no")
 METADATA_FIELDS = {"lot": "lot_id", "fab": "fab", "chamber": "chamber"}
 TEXT_LIMIT = 200
@@ -30,11 +31,12 @@ COLUMNS = (
     "inspection_id", "die_id", "wafer_id", "received_at", "defect_class", "class_name",
     "confidence", "flagged", "model_version", "model_kind", "served_by", "route", "metadata",
 )  # fmt: skip
-CSV_FIELDS = (
-    "received_at", "die_id", "wafer_id", "lot_id", "fab", "chamber", "die_x", "die_y",
-    "class_name", "confidence", "flagged", "model_version", "served_by", "feedback",
-    "feedback_label", "feedback_operator", "inspection_id",
+CSV_SITE = ("lot_id", "fab", "chamber")  # from the station metadata
+CSV_DECISION = (
+    "die_x", "die_y", "class_name", "confidence", "flagged", "model_version", "served_by",
+    "feedback", "feedback_label", "feedback_operator", "inspection_id",
 )  # fmt: skip
+CSV_FIELDS = ("received_at", "die_id", "wafer_id", *CSV_SITE, *CSV_DECISION)
 
 
 class FilterError(ValueError):
@@ -151,7 +153,7 @@ def find_dies(log, found: DieFilter, page_size: int = PAGE_SIZE) -> DiePage:
     def read(conn) -> tuple[int, list[dict]]:
         total = conn.execute(counted).scalar_one()
         rows = conn.execute(newest.limit(page_size).offset(offset))
-        return total, [_row_dict(r._mapping) for r in rows]
+        return total, [_row_dict(r) for r in rows.mappings()]
 
     total, rows = log.read_stored(read)
     return DiePage(rows, total, found.page, max(1, math.ceil(total / page_size)))
@@ -166,20 +168,19 @@ def all_dies(log, found: DieFilter, oldest_first: bool = False) -> list[dict]:
     at = INSPECTIONS.c.received_at
     order = (at, INSPECTIONS.c.seq) if oldest_first else (at.desc(), INSPECTIONS.c.seq.desc())
     query = _selection(found).order_by(*order)
-    return log.read_stored(lambda conn: [_row_dict(r._mapping) for r in conn.execute(query)])
+    return log.read_stored(lambda conn: [_row_dict(r) for r in conn.execute(query).mappings()])
 
 
 def csv_text(rows: list[dict]) -> str:
     """The rows as CSV with a header line: time, die, wafer, lot, fab, chamber, position,
     decision and the latest feedback."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
     for row in rows:
-        fields = row | {k: row["metadata"].get(k, "") for k in ("lot_id", "fab", "chamber")}
-        fields |= {"die_x": row["die_x"], "die_y": row["die_y"]}
-        fields["received_at"] = row["received_at"].isoformat()
-        writer.writerow(fields)
+        first = (row["received_at"].isoformat(), row["die_id"], row["wafer_id"])
+        site = (row["metadata"].get(k, "") for k in CSV_SITE)
+        writer.writerow([*first, *site, *(row[k] for k in CSV_DECISION)])
     return out.getvalue()
 
 
@@ -217,7 +218,8 @@ def _conditions(found: DieFilter, feedback_id, verdict) -> list:
     if found.feedback == "none":
         where.append(feedback_id.is_(None))
     elif found.feedback:
-        where.append(verdict == ("confirm" if found.feedback == "confirmed" else "override"))
+        verdicts = {state: v for v, state in FEEDBACK_NAMES.items()}
+        where.append(verdict == verdicts[found.feedback])
     if found.start:
         where.append(table.received_at >= found.start)
     if found.end:
@@ -227,17 +229,14 @@ def _conditions(found: DieFilter, feedback_id, verdict) -> list:
 
 def _row_dict(mapping) -> dict:
     row = dict(mapping)
-    verdict = row.pop("verdict")
-    label = row.pop("label")
-    metadata = row["metadata"] or {}
-    return row | {
-        "received_at": as_utc(row["received_at"]),
-        "metadata": metadata,
-        "die_x": _position(metadata.get("die_x")),
-        "die_y": _position(metadata.get("die_y")),
-        "feedback": {"confirm": "confirmed", "override": "overridden"}.get(verdict, "none"),
-        "feedback_label": "" if label is None else CLASS_NAMES[label],
-    }
+    verdict, label = row.pop("verdict"), row.pop("label")
+    metadata = row["metadata"] = row["metadata"] or {}
+    row["received_at"] = as_utc(row["received_at"])
+    row["die_x"] = _position(metadata.get("die_x"))
+    row["die_y"] = _position(metadata.get("die_y"))
+    row["feedback"] = FEEDBACK_NAMES.get(verdict, "none")
+    row["feedback_label"] = "" if label is None else CLASS_NAMES[label]
+    return row
 
 
 def _position(value) -> int | None:
