@@ -27,6 +27,7 @@ from monitoring.history import Check, History
 from registry import open_store, promote
 from registry.rollout_state import clear_rollout, set_rollout
 from service.config import ServiceConfig, parse_keys
+from service.dashboard import router as dashboard_router
 from service.embedded import serve_in_thread
 from service.inspection_log import InspectionLog
 from service.state import ServiceState
@@ -128,6 +129,7 @@ def seed_fab(inspections: int, wafers: int, now: datetime) -> list[dict]:
     xs, ys = np.meshgrid(np.arange(-12, 13), np.arange(-12, 13))
     inside = xs**2 + ys**2 <= 144
     positions = list(zip(xs[inside].tolist(), ys[inside].tolist(), strict=True))
+    positions = [positions[k] for k in rng.permutation(len(positions))]  # sampled dies
     records = []
     for i in range(inspections):
         w = i % wafers
@@ -147,7 +149,6 @@ def seed_fab(inspections: int, wafers: int, now: datetime) -> list[dict]:
 
 def views_app(config: ServiceConfig) -> FastAPI:
     """The dashboard over the service state of `config`, without loading any model."""
-    from service.dashboard import router
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -159,7 +160,7 @@ def views_app(config: ServiceConfig) -> FastAPI:
         app.state.monitor_history.close()
 
     app = FastAPI(lifespan=lifespan)
-    app.include_router(router)
+    app.include_router(dashboard_router)
     app.get("/readyz")(lambda: {"ready": True})
     return app
 

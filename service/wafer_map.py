@@ -29,6 +29,7 @@ PALETTE = {  # Okabe-Ito
 FLAG_STROKE = "#000000"
 WAFER_EDGE = "#5f6b77"
 LOT_LIMIT = 200
+MAX_RADIUS = 60  # dies from the centre; a position farther out is taken as unusable
 
 
 @dataclass
@@ -37,7 +38,7 @@ class WaferMap:
 
     wafer_id: str
     dies: list[dict] = field(default_factory=list)  # placed: die_x and die_y known
-    unplaced: list[dict] = field(default_factory=list)  # no position in the metadata
+    unplaced: list[dict] = field(default_factory=list)  # no usable position in the metadata
 
     @property
     def all_dies(self) -> list[dict]:
@@ -68,10 +69,14 @@ def wafer_maps(rows: list[dict]) -> list[WaferMap]:
     for wafer_id in sorted(latest):
         wafer = WaferMap(wafer_id)
         for die in latest[wafer_id].values():
-            placed = die["die_x"] is not None and die["die_y"] is not None
+            placed = _usable(die["die_x"]) and _usable(die["die_y"])
             (wafer.dies if placed else wafer.unplaced).append(die)
         maps.append(wafer)
     return maps
+
+
+def _usable(coordinate: int | None) -> bool:
+    return coordinate is not None and abs(coordinate) <= MAX_RADIUS
 
 
 def counts(maps: list[WaferMap]) -> dict:

@@ -71,7 +71,7 @@ def test_the_wafer_map_draws_each_die_once_in_its_class_colour(fab, page):
         assert (max(edge) < 60) == record["flagged"], record["die_id"]  # black outline
     reinspected = page.get_attribute(f"rect[data-die='{seed.REINSPECTED}']", "data-class")
     assert reinspected == "scratch"
-    assert "1 dies have no position" in page.inner_text("#legend")
+    assert "1 die has no usable position" in page.inner_text("#legend")
     assert all(name.replace("_", " ") in page.inner_text("#legend") for name in CLASS_NAMES)
     counts = page.inner_text("#counts")
     assert re.search(r"confirmed\s+1\b", counts) and re.search(r"overridden\s+1\b", counts)

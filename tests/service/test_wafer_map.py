@@ -22,10 +22,11 @@ def test_each_die_is_drawn_once_from_its_latest_inspection():
         row("D2", 1, -1, "particle", True, "confirmed"),
         row("D1", 0, 0, "scratch", True, "overridden", at=5),
         row("D3", None, None, "good", False),
+        row("D4", 0, 61, "good", False),  # off any wafer: a bad position is not drawn
     ]
     (wafer,) = wafer_maps(rows)
     assert [d["die_id"] for d in wafer.dies] == ["D1", "D2"] and wafer.radius == 2
-    assert [d["die_id"] for d in wafer.unplaced] == ["D3"]
+    assert [d["die_id"] for d in wafer.unplaced] == ["D3", "D4"]
     svg = str(wafer_svg(wafer, cell=10))
     cells = re.findall(r'<rect class="die" data-die="(\w+)" data-class="(\w+)" x="([\d.]+)" '
                        r'y="([\d.]+)"[^>]*fill="(#\w+)"', svg)  # fmt: skip
@@ -38,7 +39,7 @@ def test_each_die_is_drawn_once_from_its_latest_inspection():
     assert svg.count('stroke="#000000"') == 2  # both flagged
     assert svg.count("<circle") == 2 and svg.count("<path") == 1  # edge, dot; cross
     total = counts([wafer])
-    assert (total["dies"], total["flagged"], total["feedback"]["overridden"]) == (3, 2, 1)
+    assert (total["dies"], total["flagged"], total["feedback"]["overridden"]) == (4, 2, 1)
 
 
 def test_a_die_id_is_escaped_in_the_svg_and_quoted_in_its_link():
