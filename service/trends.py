@@ -25,7 +25,7 @@ from registry.events import events
 from service.die_search import FilterError, read_time
 from service.log_tables import INSPECTIONS, as_utc
 
-log = logging.getLogger("dieguard.service")
+logger = logging.getLogger("dieguard.service")
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 DEFAULT_SPAN = timedelta(days=7)
@@ -128,7 +128,7 @@ def collect_trends(log, history, registry, span: TrendRange) -> Trends:
     try:
         trends.events = version_events(*registry, span)
     except Exception as err:  # the registry marks the axis; the figures stand without it
-        log.warning("registry events unreadable: %s", err)
+        logger.warning("registry events unreadable: %s", err)
         trends.notes.append(f"The registry's events cannot be read ({type(err).__name__}).")
     return trends
 
@@ -247,7 +247,8 @@ def _event_time(text: str) -> datetime | None:
 def _event_text(kind: str, version: str, detail: dict) -> str:
     if kind == "promotion":
         return f"v{version} promoted to champion"
-    stage = detail.get("stage") or detail.get("mode") or ""
     if kind == "rollback":
-        return f"v{version} rolled back ({detail.get('reason', '')})".replace(" ()", "")
+        reason = detail.get("reason")
+        return f"v{version} rolled back" + (f" ({reason})" if reason else "")
+    stage = detail.get("stage") or detail.get("mode") or ""
     return f"v{version} rollout: {stage}" + (" ended" if detail.get("mode") == "off" else "")

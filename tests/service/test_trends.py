@@ -65,7 +65,7 @@ def test_the_chart_draws_gaps_bands_events_and_drift():
     assert svg.count('class="event"') == 1 and "v2 promoted to champion" in svg
 
 
-def test_without_the_monitor_history_the_log_figures_stand_with_a_note(tmp_path):
+def test_without_the_monitor_history_or_registry_the_log_figures_stand_with_notes(tmp_path):
     url = f"sqlite:///{tmp_path / 'log.db'}"
     at = datetime(2026, 3, 10, 1, 30, tzinfo=UTC)
     records = [inspection_record(f"D{i}", "W1", at, 0, i == 0, {}, 4.0 + i) for i in range(4)]
@@ -73,9 +73,12 @@ def test_without_the_monitor_history_the_log_figures_stand_with_a_note(tmp_path)
     span = parse_range({"start": "2026-03-10T00:00", "end": "2026-03-10T03:00"}, now=NOW)
     history = History(url, create=False)  # the monitor never ran: no tables
     with InspectionLog(url) as log:
-        trends = collect_trends(log, history, (f"sqlite:///{tmp_path / 'mlflow.db'}", "m"), span)
+        trends = collect_trends(log, history, ("bogus-scheme://nowhere", "m"), span)
     history.close()
     assert [f["n"] for f in trends.flag] == [0, 4, 0] and trends.flag[1]["rate"] == 0.25
     assert trends.latency_p50[1] == 5.0 and trends.latency_p99[1] == 7.0  # nearest rank
     assert trends.escape == [None] * 3 and trends.drift == {} and trends.events == []
-    assert trends.notes == ["The monitor's history cannot be read (OperationalError)."]
+    assert trends.notes == [
+        "The monitor's history cannot be read (OperationalError).",
+        "The registry's events cannot be read (UnsupportedModelRegistryStoreURIException).",
+    ]
