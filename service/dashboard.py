@@ -17,45 +17,32 @@ from typing import Annotated
 from urllib.parse import quote, urlsplit
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
 from model.cache import read_image
 from model.contract import ImageFormatError
 from model.schema import CLASS_NAMES
-from service.auth import require_browser
-from service.config import OPERATOR, ApiKey
+from service.config import ApiKey
 from service.explain import heatmap_png
 from service.feedback import store_feedback
 from service.image_store import image_format
 from service.inspection_log import FeedbackError, LogUnavailableError
 from service.inspection_log import UnknownDieError as UnknownInspectionError
+from service.pages import Operator, error_page, page
 from service.similar import NoIndexError
 from service.similar import UnknownDieError as UnknownEmbeddingError
+from service.views import router as views_router
 
 log = logging.getLogger("dieguard.service")
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
-templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
-templates.env.filters["label"] = lambda name: str(name).replace("_", " ")
-templates.env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
+router.include_router(views_router)
 
 RECENT_LIMIT = 200
 SIMILAR_K = 5
 CLASS_CHOICES = [(i, name.replace("_", " ")) for i, name in enumerate(CLASS_NAMES)]
 NOTICES = {"recorded": "Feedback recorded", "duplicate": "This feedback was already recorded"}
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-Operator = Annotated[ApiKey, Depends(require_browser(OPERATOR))]
 
 
 class _FormError(ValueError):
@@ -72,11 +59,11 @@ async def recent_dies(
         rows = await asyncio.to_thread(state.log.recent, RECENT_LIMIT, not show_all)
         given = await asyncio.to_thread(_feedback_by_inspection, state.log, rows)
     except LogUnavailableError as err:
-        return _error_page(request, holder, 503, "Inspection log unavailable", str(err))
+        return error_page(request, holder, 503, "Inspection log unavailable", str(err))
     for row in rows:
         row["feedback"] = given.get(row["inspection_id"])
     context = {"rows": rows, "show_all": show_all, "limit": RECENT_LIMIT}
-    return _page(request, holder, "index.html", context)
+    return page(request, holder, "index.html", context)
 
 
 @router.get("/dies/{die_id}", response_class=HTMLResponse)
@@ -90,7 +77,7 @@ async def give_feedback(request: Request, die_id: str, holder: Operator):
     """Store a confirm or override from the die page's form, then go back to the page."""
     if not _same_origin(request):
         message = "The form was posted from another site."
-        return _error_page(request, holder, 403, "Refused", message)
+        return error_page(request, holder, 403, "Refused", message)
     form = await request.form()
     try:
         verdict, true_class, comment = _read_form(form)
@@ -104,7 +91,7 @@ async def give_feedback(request: Request, die_id: str, holder: Operator):
         return _unknown_die(request, holder, die_id)
     except LogUnavailableError as err:
         message = f"The feedback was not stored; try again. ({err})"
-        return _error_page(request, holder, 503, "Inspection log unavailable", message)
+        return error_page(request, holder, 503, "Inspection log unavailable", message)
     target = f"/dashboard/dies/{quote(die_id)}?notice={'recorded' if created else 'duplicate'}"
     return RedirectResponse(target, status_code=303)
 
@@ -131,7 +118,7 @@ async def die_heatmap(request: Request, die_id: str, holder: Operator) -> Respon
     try:
         png = await asyncio.to_thread(_render_heatmap, path, record["region_map"])
     except (ImageFormatError, ValueError) as err:
-        return _error_page(request, holder, 404, "No heatmap", f"Cannot draw the heatmap: {err}")
+        return error_page(request, holder, 404, "No heatmap", f"Cannot draw the heatmap: {err}")
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
@@ -147,7 +134,7 @@ async def _stored_image(request: Request, holder: ApiKey, die_id: str):
     try:
         record = await asyncio.to_thread(state.log.get, die_id)
     except LogUnavailableError as err:
-        return _error_page(request, holder, 503, "Inspection log unavailable", str(err))
+        return error_page(request, holder, 503, "Inspection log unavailable", str(err))
     if record is None:
         return _unknown_die(request, holder, die_id)
     try:
@@ -155,7 +142,7 @@ async def _stored_image(request: Request, holder: ApiKey, die_id: str):
     except ValueError:
         path = None
     if path is None or not path.is_file():
-        return _error_page(request, holder, 404, "No image", f"No image is stored for {die_id}.")
+        return error_page(request, holder, 404, "No image", f"No image is stored for {die_id}.")
     return record, path
 
 
@@ -175,7 +162,7 @@ async def _die_response(
             return _unknown_die(request, holder, die_id)
         given = await asyncio.to_thread(_feedback_for, state.log, record)
     except LogUnavailableError as err:
-        return _error_page(request, holder, 503, "Inspection log unavailable", str(err))
+        return error_page(request, holder, 503, "Inspection log unavailable", str(err))
     similar, similar_note = await asyncio.to_thread(_similar, state.similar, record)
     form = form or {}
     context = {
@@ -190,7 +177,7 @@ async def _die_response(
         "chosen_class": str(form.get("true_class", "")),
         "comment": str(form.get("comment", "")),
     }
-    return _page(request, holder, "die.html", context, status)
+    return page(request, holder, "die.html", context, status)
 
 
 def _probabilities(record: dict) -> dict[str, float]:
@@ -256,19 +243,6 @@ def _same_origin(request: Request) -> bool:
     return bool(host) and urlsplit(source).netloc.lower() == host
 
 
-def _page(request: Request, holder: ApiKey, name: str, context: dict, status: int = 200):
-    response = templates.TemplateResponse(
-        request, name, {"operator": holder.name, **context}, status_code=status
-    )
-    response.headers.update(SECURITY_HEADERS)
-    return response
-
-
-def _error_page(request: Request, holder: ApiKey, status: int, title: str, message: str):
-    context = {"status": status, "title": title, "message": message}
-    return _page(request, holder, "error.html", context, status)
-
-
 def _unknown_die(request: Request, holder: ApiKey, die_id: str):
     message = f"No inspection of die {die_id} is logged."
-    return _error_page(request, holder, 404, "Unknown die", message)
+    return error_page(request, holder, 404, "Unknown die", message)

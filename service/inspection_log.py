@@ -302,6 +302,15 @@ class InspectionLog:
             reason = f"inspection log database unavailable: {describe_error(err)}"
             raise LogUnavailableError(reason) from err
 
+    def read_stored(self, read):
+        """`read(connection)` over the written tables (buffered records are not seen yet),
+        for the dashboard's filtered views.
+
+        Raises:
+            LogUnavailableError: the database cannot be reached.
+        """
+        return self._query(read)
+
     def _buffered(self, keep) -> list[dict]:
         """Buffered records that `keep` accepts, newest first."""
         with self._cond:

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from model.schema import CLASS_NAMES
-from service.dashboard import templates
 from service.inspection_log import LogUnavailableError
+from service.pages import templates
 from tests.service.conftest import KEYS
 
 OPERATOR_NAME = "operator-1"  # the operator key's holder in the live_service fixture
