@@ -17,7 +17,7 @@ import torch
 
 from model.config import load_config
 from model.export import example_inputs
-from model.gpu_check import DRY, DRY_MODEL, Check, Section, run_section
+from model.gpu_check import DRY, DRY_MODEL, Check, Section, main, run_section
 from model.gpu_train import LEVERS
 
 # What the GPU machine lacks: neither the check nor its child processes may import any of it.
@@ -133,3 +133,13 @@ def test_a_section_that_does_not_fit_the_budget_is_skipped(tmp_path):
     ran = []
     result = run_section(_check(tmp_path, 10), Section("long", ran.append, 30))
     assert result["status"] == "skipped" and "time budget" in result["reason"] and not ran
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
+def test_the_full_check_without_a_gpu_skips_every_section_and_says_why(tmp_path):
+    assert main(["--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["environment"]["cuda_available"] is False
+    assert {s["status"] for s in report["sections"].values()} == {"skipped"}
+    assert "no CUDA device" in report["sections"]["train_step"]["reason"]
+    assert "| train_step | skipped |" in (tmp_path / "gpu_check.md").read_text()
