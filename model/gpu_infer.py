@@ -39,7 +39,7 @@ def export_variants(check) -> dict:
         lambda: _export_fp32(model, check.cfg, work / FP32, check.sizes.export_opset)
     )
     out["fp16"] = _timed(lambda: {"opset": None} | _size(export_fp16(work / FP32, work / FP16)))
-    reader = DieCalibrationReader(dies, check.sizes.calibration_dies)
+    reader = DieCalibrationReader(_dies(check, "calibration", check.sizes.calibration_dies))
     out["int8_static_qdq"] = _timed(
         lambda: _size(quantize_static_qdq(work / FP32, work / INT8, reader))
     )
@@ -184,12 +184,16 @@ def _model(check):
 
 
 def _eval_dies(check):
+    """The dies every variant is timed and compared on (the same in a child process)."""
     if "eval_dies" not in check.shared:
-        m = check.cfg.model
-        n = {"eval": check.sizes.eval_dies}
-        data = check_data(n, m.img_size, m.max_note_len, m.vocab_size, check.device)
-        check.shared["eval_dies"] = data.datasets["eval"]
+        check.shared["eval_dies"] = _dies(check, "eval", check.sizes.eval_dies)
     return check.shared["eval_dies"]
+
+
+def _dies(check, name: str, n: int):
+    m = check.cfg.model
+    data = check_data({name: n}, m.img_size, m.max_note_len, m.vocab_size, check.device)
+    return data.datasets[name]
 
 
 def _timed(build) -> dict:

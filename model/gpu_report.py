@@ -66,7 +66,8 @@ def markdown(report: dict) -> str:
             "",
             f"Full retrain ({proj['epochs']} epochs over {proj['train_dies']:,} dies, "
             f"{proj['val_dies']:,} validated each epoch): {proj['minutes_as_train_py_runs']} min "
-            f"as train.py runs, {proj['minutes_at_best']} min at the best step measured.",
+            f"as train.py runs, {proj['minutes_at_best']} min at the fastest step measured "
+            "(any lever or batch size).",
         ]
     return "\n".join(lines) + "\n"
 
