@@ -1,8 +1,10 @@
-"""The deployment pipeline of one trained model: export -> parity -> INT8 variants -> gate.
+"""The deployment pipeline of one trained model: export -> parity -> INT8 and FP16 -> gates.
 
-Artifacts in `out_dir`: model.onnx (FP32) and model.int8.onnx (the chosen INT8 variant),
-each with `<stem>.operating_point.json` beside it (the INT8 threshold may be recalibrated),
-the three variants under their own names, and int8_gate.json with every verdict and figure.
+Artifacts in `out_dir`: model.onnx (FP32), model.int8.onnx (the chosen INT8 variant, for
+CPU stations) and model.fp16.onnx (for GPU stations), each with `<stem>.operating_point.json`
+beside it (a variant's threshold may be recalibrated), the INT8 variants under their own
+names, and int8_gate.json with every verdict and figure and the station variants
+(model.bundle.station_variants). Every shipped variant passes the same parity gate.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from model.bundle import FP16_FILE, station_variants
 from model.calibrate import OperatingPoint
 from model.checkpoint import load_trained
 from model.config import RunConfig
-from model.export import check_parity, export_onnx
-from model.onnx_runtime import CPU, load_session, operating_point_path, predict_session
+from model.export import check_parity, export_fp16, export_onnx
+from model.onnx_runtime import (
+    CPU,
+    CUDA,
+    cuda_usable,
+    load_session,
+    operating_point_path,
+    predict_session,
+)
 from model.predict import predict
 from model.prepare import Prepared, prepare, trained_with
 from model.quantize import (
@@ -61,8 +71,9 @@ def optimize_for_deployment(
             variant that passes (what a retrain needs: the others are only for comparison).
         limits: max_flip_rate, max_escape, max_fpr for quantize.parity_gate.
     Returns:
-        The verdict written to int8_gate.json: chosen, passed, artifact, parity, gates,
-        sizes (MB) and calibration_dies.
+        The verdict written to int8_gate.json: chosen, passed (the INT8 model's gate), artifact,
+        parity, gates (the FP16 model's under "fp16"), variants, sizes (MB) and
+        calibration_dies.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,13 +99,17 @@ def optimize_for_deployment(
     chosen = next((n for n in SHIPPABLE if n in gates and gates[n]["passed"]), SHIPPABLE[-1])
     int8 = shutil.copyfile(variants[chosen], out / "model.int8.onnx")
     OperatingPoint(**gates[chosen]["operating_point"]).save(operating_point_path(int8))
+    fp16 = export_fp16(fp32, out / FP16_FILE)
+    gates["fp16"] = _gate(fp16, data, reference, point, batch_size, limits)
+    OperatingPoint(**gates["fp16"]["operating_point"]).save(operating_point_path(fp16))
     verdict = {
         "chosen": chosen,
         "passed": gates[chosen]["passed"],
         "artifact": str(int8),
         "parity": parity,
         "gates": gates,
-        "sizes_mb": {p.name: p.stat().st_size / 2**20 for p in (fp32, Path(int8))},
+        "variants": station_variants(chosen, gates),
+        "sizes_mb": {p.name: p.stat().st_size / 2**20 for p in (fp32, Path(int8), fp16)},
         "calibration_dies": len(reader),
     }
     write_gate(out / GATE_FILE, verdict)
@@ -128,7 +143,9 @@ def _gate(variant, data: Prepared, reference: dict, point, batch_size: int, limi
 
 
 def _probs(variant: Path | nn.Module, dataset, batch_size: int) -> np.ndarray:
+    """A variant's probabilities: FP16 on the GPU it is for when there is one, else the CPU."""
     if isinstance(variant, nn.Module):
         return predict(variant, dataset, batch_size)["probs"]
-    session = load_session(variant, providers=[CPU])
+    on_gpu = Path(variant).name == FP16_FILE and cuda_usable()
+    session = load_session(variant, providers=[CUDA, CPU] if on_gpu else [CPU])
     return predict_session(session, dataset, batch_size=batch_size)["probs"]

@@ -187,3 +187,41 @@ def _compare(torch_out: list, onnx_out: list, threshold: float) -> dict:
         "max_abs_region_map": float(np.abs(region_t - region_o).max()),
         "decision_agreement": float(same.mean()),
     }
+
+
+def export_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """The FP16 variant of an exported model, for GPU stations (ONNX Runtime CUDA).
+
+    Weights and arithmetic become float16; inputs and outputs stay as the deployment
+    signature has them (float32). ONNX Runtime's converter keeps the operators it lists as
+    unsafe in float16 (its default block list) in float32.
+
+    Returns: out_path, after onnx.checker accepted the file.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    _sort_nodes(proto.graph)  # the converter appends its input casts at the end
+    onnx.save(proto, str(out_path))
+    onnx.checker.check_model(str(out_path), full_check=True)
+    return Path(out_path)
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Order the graph's nodes so that each comes after the producers of its inputs."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if set(node.input) <= ready:
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or an undefined input at {rest[0].name}")
+        pending = rest
+    copies = [copy.deepcopy(n) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)

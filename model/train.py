@@ -21,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,9 @@ from model.losses import MultimodalLoss, class_alpha
 from model.metrics import decide, escape_rate, false_positive_rate, macro_f1
 from model.network import build_model
 from model.predict import model_inputs, pick_device, predict
-from model.prepare import Prepared
+
+if TYPE_CHECKING:  # a type only: training itself runs without the note tokenizer's library
+    from model.prepare import Prepared
 
 KINDS = ("baseline", "multimodal")
 

@@ -9,6 +9,9 @@ else serving needs. `download_bundle` lays them out flat:
     scaler.json                 process z-score statistics fitted on train (model.prepare)
     tokenizer.json              note tokenizer fitted on train
     int8_gate.json              parity and gate verdicts (when deployment wrote one)
+    model.fp16.onnx             FP16 model for GPU stations, with model.fp16.operating_point.json
+                                (when deployment wrote one; the manifest's `variants` say
+                                which file runs on which station, see model.bundle)
     bundle.json                 manifest: roles -> files, sha256 of each, kind, threshold
     registered_version.json     which registered version this is (written on download)
     MLmodel, requirements.txt, conda.yaml, python_env.yaml   MLflow's own metadata
@@ -67,6 +70,7 @@ def stage_extras(
     gate: Path | None,
     model_sha256: str,
     info: Mapping[str, Any],
+    extra: Mapping[str, Path] | None = None,
 ) -> list[str]:
     """Copy the bundle's side files into `folder` under their bundle names, with a manifest.
 
@@ -76,7 +80,8 @@ def stage_extras(
         scaler, tokenizer: the scaler.json and tokenizer.json the model was trained with.
         gate: int8_gate.json, or None.
         model_sha256: sha256 of the model.onnx that MLflow will write.
-        info: extra manifest fields (kind, threshold, source paths...).
+        info: extra manifest fields (kind, threshold, source paths, variants...).
+        extra: more files by bundle name (e.g. the FP16 model and its operating point).
     Returns:
         The staged files, for the flavour's ``extra_files``.
     """
@@ -84,6 +89,7 @@ def stage_extras(
     sources[TOKENIZER_FILE] = tokenizer
     if gate is not None:
         sources[GATE_FILE] = gate
+    sources |= dict(extra or {})
     staged = {name: Path(shutil.copyfile(src, folder / name)) for name, src in sources.items()}
     files = dict(REQUIRED) | ({"gate": GATE_FILE} if gate is not None else {})
     digests = {name: sha256(path) for name, path in staged.items()} | {MODEL_FILE: model_sha256}

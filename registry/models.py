@@ -29,6 +29,7 @@ from registry.bundle import (
 
 FP32_FILE = "model.onnx"  # written by model.deploy.optimize_for_deployment
 INT8_FILE = "model.int8.onnx"
+FP16_FILE = "model.fp16.onnx"
 KIND_TAG = "dieguard.kind"
 ROLE_TAG = "dieguard.role"
 
@@ -89,7 +90,19 @@ def log_int8_bundle(kind: str, deploy_dir: Path, prepared: Path) -> str:
         prepared / SCALER_FILE,
         prepared / TOKENIZER_FILE,
         gate if gate.is_file() else None,
+        station_files(deploy_dir, gate),
     )
+
+
+def station_files(deploy_dir: Path, gate: Path) -> dict:
+    """The FP16 model with its operating point and the station variants, when deployment
+    wrote them (model.deploy): {"extra": files by bundle name, "variants": ...} or {}."""
+    fp16 = deploy_dir / FP16_FILE
+    if not (fp16.is_file() and gate.is_file()):
+        return {}
+    point = _operating_point(fp16)
+    variants = json.loads(gate.read_text()).get("variants")
+    return {"extra": {FP16_FILE: fp16, point.name: point}, "variants": variants}
 
 
 def log_bundle_folder(kind: str, folder: Path) -> str:
@@ -103,11 +116,18 @@ def log_bundle_folder(kind: str, folder: Path) -> str:
         folder / SCALER_FILE,
         folder / TOKENIZER_FILE,
         gate if gate.is_file() else None,
+        station_files(folder, gate),
     )
 
 
 def log_serving(
-    name: str, kind: str, onnx_path: Path, scaler: Path, tokenizer: Path, gate: Path | None
+    name: str,
+    kind: str,
+    onnx_path: Path,
+    scaler: Path,
+    tokenizer: Path,
+    gate: Path | None,
+    stations: dict | None = None,
 ) -> str:
     """Log an ONNX model with the serving bundle's side files (see registry.bundle).
 
@@ -117,6 +137,7 @@ def log_serving(
         onnx_path: the model; its ``<stem>.operating_point.json`` must lie beside it.
         scaler, tokenizer: the statistics it was trained with.
         gate: int8_gate.json, or None.
+        stations: station_files of the deployment (more model files and their variants).
     Returns:
         The logged model's URI, tagged ``dieguard.role=serving``.
     """
@@ -131,7 +152,9 @@ def log_serving(
             tokenizer=tokenizer,
             gate=gate,
             model_sha256=hashlib.sha256(proto.SerializeToString()).hexdigest(),
-            info={"kind": kind, "threshold": threshold, "source_onnx": str(onnx_path.resolve())},
+            info={"kind": kind, "threshold": threshold, "source_onnx": str(onnx_path.resolve())}
+            | ({"variants": stations["variants"]} if stations else {}),
+            extra=(stations or {}).get("extra"),
         )
         info = mlflow.onnx.log_model(
             proto,

@@ -179,7 +179,12 @@ async def set_routing(request: Request, routing: RoutingRequest, _: AdminKey):
 
 def models_status(state) -> dict:
     models = {
-        role: {"version": m.version, "kind": m.engine.kind, "loaded_at": m.loaded_at.isoformat()}
+        role: {
+            "version": m.version,
+            "kind": m.engine.kind,
+            "loaded_at": m.loaded_at.isoformat(),
+            "runs_on": m.engine.runs_on,  # the bundle variant, precision and provider
+        }
         for role, m in state.pool.models.items()
     }
     routing = state.pool.routing

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model.bundle import bundle_files
+from model.bundle import bundle_files, open_for_station
 from model.calibrate import OperatingPoint
 from model.data import ProcessScaler
-from model.onnx_runtime import load_session, run_session
+from model.onnx_runtime import operating_point_path, run_session
 from model.schema import CLASS_NAMES, GOOD, parameter_names
 from model.tokenizer import encode_notes, load_tokenizer
 from registry.bundle import MANIFEST_FILE, VERSION_FILE
@@ -42,17 +42,17 @@ class ModelEngine:
         """Open a bundle folder (ModelFileError when it is incomplete or not a model)."""
         self.folder = Path(folder)
         files = bundle_files(self.folder)
-        self.session = load_session(files["model"], threads=threads)
+        info = _bundle_info(self.folder)
+        self.session, self.runs_on = _open_variant(self.folder, info, threads)
         self.scaler = ProcessScaler.load(files["scaler"])
         self.tokenizer = load_tokenizer(files["tokenizer"])
-        self.threshold = OperatingPoint.load(files["operating_point"]).threshold
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.img_size = int(inputs["image"].shape[-1])
         self.note_len = int(inputs["note_ids"].shape[-1])
-        info = _bundle_info(self.folder)
         self.version = str(info.get("version", "local"))
         self.kind = str(info.get("kind") or _kind_of(self.session))
         self.model_name = str(info.get("model_name", ""))
+        self.threshold = self.runs_on["threshold"]
         self._names = parameter_names()
 
     @property
@@ -109,6 +109,14 @@ class ModelEngine:
             probabilities={n: float(v) for n, v in zip(CLASS_NAMES, p)},
             latency_ms=latency_ms,
         )
+
+
+def _open_variant(folder: Path, info: dict, threads: int | None):
+    """The bundle's variant for this machine (INT8 on a CPU, FP16 or TensorRT INT8 on a
+    GPU, see model.bundle.open_for_station), with what it runs on and its threshold."""
+    session, runs_on = open_for_station(folder, info.get("variants"), threads)
+    point = OperatingPoint.load(operating_point_path(folder / runs_on["file"]))
+    return session, runs_on | {"threshold": point.threshold}
 
 
 def _resized(image: np.ndarray, size: int) -> np.ndarray:

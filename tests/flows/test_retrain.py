@@ -20,7 +20,7 @@ from prefect.testing.utilities import prefect_test_harness
 from expectations.validate import DataValidationError
 from flows.retrain import GateFailedError, retrain
 from monitoring.simulate_rollout import approved_challenger
-from registry import CHALLENGER, CHAMPION, PREVIOUS, audit, open_store
+from registry import CHALLENGER, CHAMPION, PREVIOUS, audit, download_bundle, open_store
 
 OPEN_GATES = [  # smoke models are too small to pass the real gates; the limits are config
     "gates.max_escape=1.01",
@@ -94,7 +94,17 @@ def test_the_retrain_builds_int8_variants_only_until_one_ships(first_run):
     out, _, _ = first_run
     verdict = json.loads((out / "first" / "deploy" / "int8_gate.json").read_text())
     assert verdict["chosen"] == "static_qdq" and verdict["passed"]  # the open gates pass it
-    assert set(verdict["gates"]) == {"static_qdq"}
+    assert set(verdict["gates"]) == {"static_qdq", "fp16"}  # FP16 for GPU stations, gated too
+
+
+def test_the_champion_bundle_carries_each_stations_variant(first_run, tmp_path):
+    _, uri, result = first_run
+    folder = download_bundle(open_store(uri).client, MODEL, CHAMPION, tmp_path / "bundle")
+    variants = json.loads((folder / "bundle.json").read_text())["variants"]
+    assert variants["cpu"]["file"] == "model.onnx" and variants["cpu"]["precision"] == "int8"
+    assert variants["cuda"]["file"] == "model.fp16.onnx"
+    assert (folder / "model.fp16.onnx").is_file()
+    assert (folder / "model.fp16.operating_point.json").is_file()
 
 
 def test_a_failing_gate_aliases_nothing(tiny_data, registry_copy, tmp_path):

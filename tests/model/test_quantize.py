@@ -31,6 +31,24 @@ def deployed(smoke_prepared, smoke_multimodal, tmp_path_factory):
     return data, smoke_multimodal, verdict, out / "deploy"
 
 
+def test_the_fp16_model_ships_beside_int8_with_its_own_gate(deployed):
+    data, result, verdict, folder = deployed
+    fp16 = folder / "model.fp16.onnx"
+    gate = verdict["gates"]["fp16"]
+    assert OperatingPoint.load(operating_point_path(fp16)).threshold == gate["threshold"]
+    assert verdict["variants"]["cuda"] == {
+        "file": "model.fp16.onnx",
+        "precision": "fp16",
+        "format": "fp16",
+        "passed": gate["passed"],
+    }
+    assert verdict["variants"]["cpu"]["format"] == verdict["chosen"]
+    probs = predict_session(load_session(fp16), data.datasets["test"])["probs"]
+    reference = predict(result.model, data.datasets["test"])["probs"]
+    assert np.abs(probs - reference).max() < 0.01  # float16 weights: far closer than INT8
+    assert verdict["sizes_mb"]["model.fp16.onnx"] < verdict["sizes_mb"]["model.onnx"]
+
+
 def test_the_pipeline_leaves_both_models_with_their_thresholds_and_the_verdict(deployed):
     data, result, verdict, folder = deployed
     for name in ("model.onnx", "model.int8.onnx"):
@@ -42,7 +60,7 @@ def test_the_pipeline_leaves_both_models_with_their_thresholds_and_the_verdict(d
     assert int8_point.threshold == verdict["gates"][verdict["chosen"]]["threshold"]
     assert json.loads((folder / GATE_FILE).read_text())["chosen"] == verdict["chosen"]
     assert verdict["chosen"] in SHIPPABLE
-    assert set(verdict["gates"]) == {"static_qdq", "dynamic", "torch_dynamic"}
+    assert set(verdict["gates"]) == {"static_qdq", "dynamic", "torch_dynamic", "fp16"}
     assert verdict["calibration_dies"] == len(data.datasets["train"])  # fewer than 512 here
     assert verdict["parity"]["no_notes"]["max_abs_prob"] < 1e-4
     assert verdict["sizes_mb"]["model.int8.onnx"] < verdict["sizes_mb"]["model.onnx"]
