@@ -1,4 +1,4 @@
-"""The service's commands: serve, loadtest, index-similar, export-feedback."""
+"""The service's commands: serve, loadtest, index-similar, export-feedback, hash-key."""
 
 from __future__ import annotations
 
@@ -65,7 +65,30 @@ def serve(host, port, bundle, model_name, tracking_uri, state_dir, database_url)
             "'station:station-1:<key>,operator:<name>:<key>,admin:<name>:<key>'"
         )
     click.echo(f"dieguard service on http://{host}:{port} (dashboard /dashboard, docs /docs)")
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        limit_concurrency=config.max_connections,  # past it uvicorn answers 503
+        timeout_graceful_shutdown=10,
+    )
+
+
+@click.command(name="hash-key")
+@click.option("--role", type=click.Choice(["station", "operator", "admin"]), required=True)
+@click.option("--name", required=True, help="Who holds the key, e.g. station-3 or j.doe.")
+@click.option("--key", prompt=True, hide_input=True, help="The key (asked for when not given).")
+def hash_key(role, name, key) -> None:
+    """Print a keys-file entry holding the key's digest under DIEGUARD_KEY_SECRET, not the key."""
+    from service.config import key_secret
+    from service.keys import HASHED, key_digest
+
+    secret = key_secret(os.environ)
+    if not secret:
+        raise click.UsageError("set DIEGUARD_KEY_SECRET: the server secret the digest is under")
+    click.echo(f"{role}:{name}:{HASHED}{key_digest(secret, key)}")
 
 
 @click.command()
@@ -143,4 +166,4 @@ def export_feedback(out_dir, since, state_dir, database_url) -> None:
     click.echo(json.dumps(summary if isinstance(summary, dict) else vars(summary), default=str))
 
 
-COMMANDS = (serve, loadtest, index_similar, export_feedback)
+COMMANDS = (serve, loadtest, index_similar, export_feedback, hash_key)
