@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from service.auth import FailedAttempts
 from service.config import ServiceConfig
 from service.image_store import ImageStore
 from service.inspection_log import InspectionLog
 from service.metrics import ServiceMetrics
 from service.models import ModelPool, RegistryWatcher
 from service.similar import SimilarDefects
+from service.spool import Spool
 
 
 @dataclass
@@ -21,6 +23,7 @@ class ServiceState:
     log: InspectionLog
     images: ImageStore
     similar: SimilarDefects
+    attempts: FailedAttempts
     watcher: RegistryWatcher | None = None
     background: set[asyncio.Task] = field(default_factory=set)
     pending_embeddings: list = field(default_factory=list)
@@ -34,9 +37,10 @@ class ServiceState:
             config=config,
             metrics=metrics,
             pool=pool,
-            log=InspectionLog(config.log_url),
+            log=InspectionLog(config.log_url, spool=Spool(config.state_dir / "spool")),
             images=ImageStore(config.state_dir / "images"),
             similar=SimilarDefects(config.similar_location),
+            attempts=FailedAttempts(config.auth_failures_per_minute),
             watcher=None if config.bundle else RegistryWatcher(pool, config),
         )
 
