@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import click
@@ -93,7 +94,13 @@ def hash_key(role, name, key) -> None:
 
 @click.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--key", envvar="DIEGUARD_STATION_KEY", required=True, help="A station key.")
+@click.option("--key", envvar="DIEGUARD_STATION_KEY", help="A station key (not with --serve).")
+@click.option("--serve", "serve_it", is_flag=True,
+              help="Start the service for the run (the registry's champion, or --bundle), "
+                   "then count the acknowledged inspections missing from its log.")  # fmt: skip
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --serve: serve this bundle folder.")  # fmt: skip
+@STATE_DIR
 @click.option("--rate", "rates", type=float, multiple=True, default=(5.0,), show_default=True,
               help="Dies per second; several with --find-max.")  # fmt: skip
 @click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds a rate.")
@@ -101,10 +108,15 @@ def hash_key(role, name, key) -> None:
 @click.option("--find-max", is_flag=True, help="Step up the rates until p99 breaks the limit.")
 @click.option("--p99-limit-ms", type=float, default=200.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
-def loadtest(url, key, rates, duration, stations, find_max, p99_limit_ms, as_json) -> None:
+def loadtest(url, key, serve_it, bundle, state_dir, rates, duration, stations, find_max,
+             p99_limit_ms, as_json) -> None:  # fmt: skip
     """Post generated dies at a set rate from several stations; report throughput and p99."""
     from service.loadtest import format_table, load_test, make_dies, max_rate
 
+    if serve_it:
+        return _served_load_test(bundle, state_dir, list(rates), duration, stations, p99_limit_ms)
+    if not key:
+        raise click.UsageError("give a station key (--key or DIEGUARD_STATION_KEY), or --serve")
     dies = make_dies(64)
     if find_max:
         best, reports = max_rate(url, key, list(rates), duration, stations=stations,
@@ -118,6 +130,26 @@ def loadtest(url, key, rates, duration, stations, find_max, p99_limit_ms, as_jso
     click.echo(format_table(reports, p99_limit_ms))
     verdict = f"{best:g} dies/s" if best is not None else "none of the rates"
     click.echo(f"highest rate with p99 under {p99_limit_ms:g} ms and no errors: {verdict}")
+
+
+def _served_load_test(bundle, state_dir, rates, duration, stations, p99_limit_ms) -> None:
+    """The load test against a service started for it; the highest rates under 100 ms and
+    under `p99_limit_ms`, and the acknowledged inspections missing from the log."""
+    from service.loadtest import format_table
+    from service.server_process import served_max_rate
+
+    run_dir = state_dir / "loadtest"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    reports, acknowledged, missing = served_max_rate(
+        bundle, run_dir, rates, duration, stations, max(p99_limit_ms, 100.0)
+    )
+    click.echo(format_table(reports, p99_limit_ms))
+    for limit in sorted({100.0, p99_limit_ms}):
+        best = max((r.rate for r in reports if r.meets(limit)), default=None)
+        verdict = f"{best:g} dies/s" if best is not None else "none of the rates"
+        click.echo(f"highest rate with p99 under {limit:g} ms and no errors: {verdict}")
+    click.echo(f"acknowledged but missing from the log: {len(missing)} of {len(acknowledged)}")
 
 
 @click.command(name="index-similar")

@@ -4,6 +4,7 @@ the check that every acknowledged inspection reached the inspection log."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,10 +19,13 @@ from service.log_tables import INSPECTIONS, engine_url
 
 
 class ServerProcess:
-    """`dieguard serve` over a fixed bundle and state folder, on a free loopback port."""
+    """`dieguard serve` over a state folder, on a free loopback port, serving a fixed bundle
+    folder or (bundle None) the registry's champion."""
 
-    def __init__(self, bundle: Path, state_dir: Path, keys: str, log_file: Path | None = None):
-        self.bundle, self.state_dir, self.keys = Path(bundle), Path(state_dir), keys
+    def __init__(
+        self, bundle: Path | None, state_dir: Path, keys: str, log_file: Path | None = None
+    ):
+        self.bundle, self.state_dir, self.keys = bundle, Path(state_dir), keys
         self.log_file = log_file or self.state_dir / "server.log"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -35,7 +39,8 @@ class ServerProcess:
         """
         started = time.monotonic()
         command = [sys.executable, "-m", "dieguard.cli", "serve", "--port", str(self.port)]
-        command += ["--bundle", str(self.bundle), "--state-dir", str(self.state_dir)]
+        command += ["--state-dir", str(self.state_dir)]
+        command += ["--bundle", str(self.bundle)] if self.bundle else []
         env = os.environ | {"DIEGUARD_API_KEYS": self.keys, "DIEGUARD_THREADS": "1"}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
@@ -65,6 +70,39 @@ class ServerProcess:
     @property
     def log_url(self) -> str:
         return f"sqlite:///{(self.state_dir / 'inspections.db').resolve()}"
+
+
+def served_max_rate(
+    bundle: Path | None,
+    state_dir: Path,
+    rates: list[float],
+    duration_s: float,
+    stations: int,
+    p99_limit_ms: float,
+) -> tuple[list, list[str], list[str]]:
+    """Start the real service, step through `rates` until p99 passes `p99_limit_ms`, stop it
+    gracefully and start it again to check its log.
+
+    Returns:
+        (the LoadReports, the acknowledged inspection ids, those missing from the log).
+    """
+    from service.loadtest import make_dies, max_rate
+
+    key = secrets.token_urlsafe(16)
+    server = ServerProcess(bundle, state_dir, f"station:loadtest:{key}")
+    server.start()
+    try:
+        _, reports = max_rate(server.url, key, rates, duration_s, stations=stations,
+                              p99_limit_ms=p99_limit_ms, dies=make_dies(64))  # fmt: skip
+    finally:
+        server.stop()
+    acknowledged = [i for r in reports for i in r.acknowledged]
+    server.start()  # what the stop left in the spool is replayed
+    try:
+        missing = wait_until_logged(server.log_url, acknowledged)
+    finally:
+        server.stop()
+    return reports, acknowledged, missing
 
 
 def missing_from_log(log_url: str, inspection_ids: list[str]) -> list[str]:
