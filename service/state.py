@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from service.auth import FailedAttempts
@@ -25,7 +24,6 @@ class ServiceState:
     similar: SimilarDefects
     attempts: FailedAttempts
     watcher: RegistryWatcher | None = None
-    background: set[asyncio.Task] = field(default_factory=set)
     pending_embeddings: list = field(default_factory=list)
 
     @classmethod
@@ -43,9 +41,3 @@ class ServiceState:
             attempts=FailedAttempts(config.auth_failures_per_minute),
             watcher=None if config.bundle else RegistryWatcher(pool, config),
         )
-
-    def spawn(self, coroutine) -> None:
-        """Run a coroutine in the background, holding a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)

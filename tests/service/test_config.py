@@ -95,3 +95,17 @@ def test_a_growing_share_keeps_the_dies_already_on_the_candidate():
 
 def test_defaults_are_valid():
     assert ServiceConfig().route_mode == "off"
+
+
+def test_hash_key_prints_an_entry_the_service_admits(monkeypatch):
+    from click.testing import CliRunner
+
+    from dieguard.cli import main
+
+    monkeypatch.setenv("DIEGUARD_KEY_SECRET", "server-secret")
+    args = ["hash-key", "--role", "operator", "--name", "j.doe", "--key", "the-key"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    entry = result.output.strip()
+    assert "the-key" not in entry and entry.startswith("operator:j.doe:hmac-sha256:")
+    assert parse_keys(entry, b"server-secret").find("the-key") == ApiKey("j.doe", "operator")
