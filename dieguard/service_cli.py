@@ -1,9 +1,10 @@
-"""The service's commands: serve, loadtest, index-similar, export-feedback."""
+"""The service's commands: serve, loadtest, index-similar, export-feedback, hash-key."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import click
@@ -65,12 +66,41 @@ def serve(host, port, bundle, model_name, tracking_uri, state_dir, database_url)
             "'station:station-1:<key>,operator:<name>:<key>,admin:<name>:<key>'"
         )
     click.echo(f"dieguard service on http://{host}:{port} (dashboard /dashboard, docs /docs)")
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        limit_concurrency=config.max_connections,  # past it uvicorn answers 503
+        timeout_graceful_shutdown=10,
+    )
+
+
+@click.command(name="hash-key")
+@click.option("--role", type=click.Choice(["station", "operator", "admin"]), required=True)
+@click.option("--name", required=True, help="Who holds the key, e.g. station-3 or j.doe.")
+@click.option("--key", prompt=True, hide_input=True, help="The key (asked for when not given).")
+def hash_key(role, name, key) -> None:
+    """Print a keys-file entry holding the key's digest under DIEGUARD_KEY_SECRET, not the key."""
+    from service.config import key_secret
+    from service.keys import HASHED, key_digest
+
+    secret = key_secret(os.environ)
+    if not secret:
+        raise click.UsageError("set DIEGUARD_KEY_SECRET: the server secret the digest is under")
+    click.echo(f"{role}:{name}:{HASHED}{key_digest(secret, key)}")
 
 
 @click.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--key", envvar="DIEGUARD_STATION_KEY", required=True, help="A station key.")
+@click.option("--key", envvar="DIEGUARD_STATION_KEY", help="A station key (not with --serve).")
+@click.option("--serve", "serve_it", is_flag=True,
+              help="Start the service for the run (the registry's champion, or --bundle), "
+                   "then count the acknowledged inspections missing from its log.")  # fmt: skip
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --serve: serve this bundle folder.")  # fmt: skip
+@STATE_DIR
 @click.option("--rate", "rates", type=float, multiple=True, default=(5.0,), show_default=True,
               help="Dies per second; several with --find-max.")  # fmt: skip
 @click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds a rate.")
@@ -78,10 +108,15 @@ def serve(host, port, bundle, model_name, tracking_uri, state_dir, database_url)
 @click.option("--find-max", is_flag=True, help="Step up the rates until p99 breaks the limit.")
 @click.option("--p99-limit-ms", type=float, default=200.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
-def loadtest(url, key, rates, duration, stations, find_max, p99_limit_ms, as_json) -> None:
+def loadtest(url, key, serve_it, bundle, state_dir, rates, duration, stations, find_max,
+             p99_limit_ms, as_json) -> None:  # fmt: skip
     """Post generated dies at a set rate from several stations; report throughput and p99."""
     from service.loadtest import format_table, load_test, make_dies, max_rate
 
+    if serve_it:
+        return _served_load_test(bundle, state_dir, list(rates), duration, stations, p99_limit_ms)
+    if not key:
+        raise click.UsageError("give a station key (--key or DIEGUARD_STATION_KEY), or --serve")
     dies = make_dies(64)
     if find_max:
         best, reports = max_rate(url, key, list(rates), duration, stations=stations,
@@ -95,6 +130,26 @@ def loadtest(url, key, rates, duration, stations, find_max, p99_limit_ms, as_jso
     click.echo(format_table(reports, p99_limit_ms))
     verdict = f"{best:g} dies/s" if best is not None else "none of the rates"
     click.echo(f"highest rate with p99 under {p99_limit_ms:g} ms and no errors: {verdict}")
+
+
+def _served_load_test(bundle, state_dir, rates, duration, stations, p99_limit_ms) -> None:
+    """The load test against a service started for it; the highest rates under 100 ms and
+    under `p99_limit_ms`, and the acknowledged inspections missing from the log."""
+    from service.loadtest import format_table
+    from service.server_process import served_max_rate
+
+    run_dir = state_dir / "loadtest"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    reports, acknowledged, missing = served_max_rate(
+        bundle, run_dir, rates, duration, stations, max(p99_limit_ms, 100.0)
+    )
+    click.echo(format_table(reports, p99_limit_ms))
+    for limit in sorted({100.0, p99_limit_ms}):
+        best = max((r.rate for r in reports if r.meets(limit)), default=None)
+        verdict = f"{best:g} dies/s" if best is not None else "none of the rates"
+        click.echo(f"highest rate with p99 under {limit:g} ms and no errors: {verdict}")
+    click.echo(f"acknowledged but missing from the log: {len(missing)} of {len(acknowledged)}")
 
 
 @click.command(name="index-similar")
@@ -143,4 +198,4 @@ def export_feedback(out_dir, since, state_dir, database_url) -> None:
     click.echo(json.dumps(summary if isinstance(summary, dict) else vars(summary), default=str))
 
 
-COMMANDS = (serve, loadtest, index_similar, export_feedback)
+COMMANDS = (serve, loadtest, index_similar, export_feedback, hash_key)

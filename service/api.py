@@ -14,7 +14,7 @@ from model.schema import CLASS_NAMES, FABS, NUM_CLASSES
 from registry import CHAMPION
 from service.auth import require
 from service.config import ADMIN, OPERATOR, STATION, ApiKey
-from service.feedback import store_feedback
+from service.feedback import MAX_COMMENT_CHARS, store_feedback
 from service.inputs import parse_die
 from service.inspection import inspect
 from service.inspection_log import FeedbackError, LogUnavailableError
@@ -57,13 +57,12 @@ class InspectResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """An operator's verdict on an inspected die."""
+    """An operator's verdict on an inspected die; the operator is the key's holder."""
 
-    die_id: str
+    die_id: str = Field(max_length=128)
     verdict: Literal["confirm", "override"]
     true_class: int | None = Field(None, ge=0, lt=NUM_CLASSES, description="For an override")
-    operator: str | None = Field(None, description="Default: the key holder's name")
-    comment: str = Field("", max_length=2000)
+    comment: str = Field("", max_length=MAX_COMMENT_CHARS)
 
 
 class RoutingRequest(BaseModel):
@@ -82,15 +81,19 @@ async def inspect_die(
     operator_notes: Annotated[str, Form()] = "",
     metadata: Annotated[str, Form(description="JSON: lot_id, fab, shift, ...")] = "",
 ) -> dict:
-    """Classify one die and explain why."""
+    """Classify one die and explain why; a 200 means the inspection is stored durably.
+
+    503 with Retry-After when the model's queue is full, 504 when the model does not answer
+    within the request deadline (nothing is stored in either case).
+    """
     start = time.perf_counter()
     state = request.app.state.service
     data = await image.read()
     die = await asyncio.to_thread(
         parse_die, data, process_log, die_id, wafer_id, operator_notes, metadata,
-        state.config.max_image_bytes,
+        state.config.max_image_bytes, state.config.max_missing_share,
     )  # fmt: skip
-    body = await inspect(state, die)
+    body = await inspect(state, die, state.config.request_timeout_s - (time.perf_counter() - start))
     state.metrics.request_latency.observe(time.perf_counter() - start)
     return body
 
@@ -104,7 +107,7 @@ async def give_feedback(request: Request, feedback: FeedbackRequest, holder: Ope
             request.app.state.service,
             feedback.die_id,
             feedback.verdict,
-            feedback.operator or holder.name,
+            holder.name,
             feedback.true_class,
             feedback.comment,
         )
@@ -113,7 +116,8 @@ async def give_feedback(request: Request, feedback: FeedbackRequest, holder: Ope
     except FeedbackError as err:
         raise HTTPException(422, str(err)) from err
     except LogUnavailableError as err:
-        raise HTTPException(503, f"feedback not stored, retry: {err}") from err
+        reason = "the inspection log is unavailable: feedback not stored, retry"
+        raise HTTPException(503, reason) from err
     return JSONResponse(jsonable(row), status_code=201 if created else 200)
 
 

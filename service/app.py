@@ -18,11 +18,12 @@ from monitoring.history import History
 from registry import CHAMPION
 from service.api import models_status
 from service.api import router as api_router
-from service.batcher import BatcherClosedError
+from service.auth import API_KEY_HEADER, identify
+from service.batcher import BatcherClosedError, DeadlineError, OverloadedError
 from service.config import ServiceConfig
 from service.dashboard import router as dashboard_router
 from service.inputs import InputError
-from service.inspection import NoModelError
+from service.inspection import NoModelError, StorageError
 from service.inspection_log import LogUnavailableError
 from service.state import ServiceState
 
@@ -37,12 +38,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = ServiceState.build(config)
         app.state.service = state
+        await asyncio.to_thread(state.log.replay)
         state.log.start()
         app.state.monitor_history = History(config.log_url, create=False)
         if config.bundle is not None:
             await state.pool.load(CHAMPION, config.bundle)
         else:
             await state.watcher.sync_reporting()
+            await state.watcher.load_last_good()
             state.watcher.start()
         flusher = asyncio.get_running_loop().create_task(_flush_embeddings(state))
         try:
@@ -51,7 +54,6 @@ def create_app(config: ServiceConfig) -> FastAPI:
             flusher.cancel()
             if state.watcher is not None:
                 await state.watcher.stop()
-            await asyncio.gather(*state.background, return_exceptions=True)
             await state.pool.close()
             await asyncio.to_thread(_write_embeddings, state)
             await asyncio.to_thread(state.log.close)
@@ -79,11 +81,16 @@ def _add_operations(app: FastAPI) -> None:
 
     @app.get("/readyz", tags=["operations"])
     async def readyz(request: Request):
-        """Ready when a champion is loaded (503 with the reason otherwise)."""
+        """Ready (200) when a champion is loaded and its model answers, else 503. Without a
+        key, the status alone; with one, the models, the model source and the log."""
         state = request.app.state.service
-        body = models_status(state) | {"log": state.log.status()}
-        ready = state.pool.get(CHAMPION) is not None
-        return JSONResponse(body | {"ready": ready}, status_code=200 if ready else 503)
+        champion = state.pool.get(CHAMPION)
+        ready = champion is not None and not champion.batcher.stalled()
+        body = {"ready": ready, "status": "ready" if ready else "not ready"}
+        key = await API_KEY_HEADER(request)
+        if key and identify(request, key) is not None:
+            body |= _readiness_details(state)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["operations"])
     async def metrics(request: Request) -> Response:
@@ -94,6 +101,17 @@ def _add_operations(app: FastAPI) -> None:
         state.metrics.log_dropped.set(status["dropped"])
         await _refresh_monitor(state, request.app.state.monitor_history)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+def _readiness_details(state: ServiceState) -> dict:
+    champion = state.pool.get(CHAMPION)
+    fallback = state.watcher.fallback if state.watcher is not None else None
+    return models_status(state) | {
+        "model_answering": champion is not None and not champion.batcher.stalled(),
+        "queued": champion.batcher.queued() if champion is not None else 0,
+        "source": fallback or ("bundle folder" if state.config.bundle else "registry"),
+        "log": state.log.status(),
+    }
 
 
 async def _refresh_monitor(state: ServiceState, history: History) -> None:
@@ -108,11 +126,12 @@ async def _refresh_monitor(state: ServiceState, history: History) -> None:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def refused(request: Request, status: int, detail, **extra) -> JSONResponse:
+    def refused(request: Request, status: int, detail, retry: int = 0, **extra) -> JSONResponse:
         service = getattr(request.app.state, "service", None)
         if service is not None:
             service.metrics.rejected.labels(str(status)).inc()
-        return JSONResponse({"detail": detail, **extra}, status_code=status)
+        headers = {"Retry-After": str(retry)} if retry else None
+        return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, err: InputError):
@@ -131,15 +150,29 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(NoModelError)
     async def no_model(request: Request, err: NoModelError):
-        return refused(request, 503, f"not ready: {err}")
+        log.warning("refused: no model: %s", err)
+        return refused(request, 503, "not ready: no champion model is loaded", retry=5)
 
     @app.exception_handler(LogUnavailableError)
     async def log_down(request: Request, err: LogUnavailableError):
-        return refused(request, 503, f"the inspection log is unavailable, retry: {err}")
+        log.warning("refused: %s", err)
+        return refused(request, 503, "the inspection log is unavailable, retry", retry=5)
 
     @app.exception_handler(BatcherClosedError)
     async def model_swapped(request: Request, err: BatcherClosedError):
-        return refused(request, 503, f"retry: {err}")
+        return refused(request, 503, f"retry: {err}", retry=1)
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(request: Request, err: OverloadedError):
+        return refused(request, 503, f"overloaded, retry: {err}", retry=1)
+
+    @app.exception_handler(DeadlineError)
+    async def too_slow(request: Request, err: DeadlineError):
+        return refused(request, 504, f"{err}; the die was not inspected, retry")
+
+    @app.exception_handler(StorageError)
+    async def not_stored(request: Request, err: StorageError):
+        return refused(request, 503, str(err), retry=5)
 
 
 class BodyLimit:

@@ -9,21 +9,12 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-STATION, OPERATOR, ADMIN = "station", "operator", "admin"
-ROLES = (STATION, OPERATOR, ADMIN)
+from service.keys import ADMIN, OPERATOR, ROLES, STATION, ApiKey, ConfigError, KeyRing, parse_keys
+
+__all__ = ["ADMIN", "OPERATOR", "ROLES", "STATION", "ApiKey", "ConfigError", "KeyRing"]
+__all__ += ["ServiceConfig", "from_env", "parse_keys"]
+
 ROUTE_MODES = ("off", "shadow", "canary")
-
-
-class ConfigError(ValueError):
-    """A setting is malformed; the message names it."""
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """Who holds a key and what it may do."""
-
-    name: str  # e.g. "station-3", "j.doe"
-    role: str  # station | operator | admin
 
 
 @dataclass(frozen=True)
@@ -40,9 +31,14 @@ class ServiceConfig:
     state_dir: Path = Path("runs/service")  # bundles, images, the SQLite log, the index
     database_url: str | None = None  # None: SQLite file in state_dir
     similar_uri: str | None = None  # None: LanceDB folder in state_dir
-    keys: dict[str, ApiKey] = field(default_factory=dict)
+    keys: KeyRing = field(default_factory=KeyRing)
     max_batch: int = 8
     max_wait_ms: float = 4.0
+    max_queue: int = 64  # dies waiting for the model; past it 503 with Retry-After
+    request_timeout_s: float = 1.0  # a die's deadline for its model answer; past it 504
+    max_connections: int = 128  # uvicorn's concurrency limit; past it 503
+    max_missing_share: float = 0.5  # a process log missing more parameters is refused
+    auth_failures_per_minute: int = 20  # wrong keys from one client before 429
     reload_interval_s: float = 10.0
     threads: int | None = None  # ONNX Runtime intra-op threads (None: all cores)
     max_image_bytes: int = 2 * 1024 * 1024
@@ -59,6 +55,10 @@ class ServiceConfig:
             raise ConfigError(f"canary_share must be in [0, 1], got {self.canary_share}")
         if not 1 <= self.max_batch <= 64:
             raise ConfigError(f"max_batch must be in 1..64, got {self.max_batch}")
+        if not 0.0 <= self.max_missing_share <= 1.0:
+            raise ConfigError(f"max_missing_share must be in [0, 1], got {self.max_missing_share}")
+        if self.max_queue < 1 or self.request_timeout_s <= 0 or self.max_connections < 1:
+            raise ConfigError("max_queue, request_timeout_s and max_connections must be positive")
 
     @property
     def log_url(self) -> str:
@@ -72,35 +72,16 @@ class ServiceConfig:
         return replace(self, **changes)
 
 
-def parse_keys(text: str) -> dict[str, ApiKey]:
-    """Keys from `role:name:key` entries separated by commas or newlines.
-
-    Raises:
-        ConfigError: an entry is malformed, a role unknown, or a key given twice.
-    """
-    keys: dict[str, ApiKey] = {}
-    for entry in text.replace("\n", ",").split(","):
-        if not entry.strip():
-            continue
-        parts = entry.strip().split(":", 2)
-        if len(parts) != 3 or not all(parts):
-            raise ConfigError(f"API key entry {entry.strip()[:20]!r}... is not role:name:key")
-        role, name, key = parts
-        if role not in ROLES:
-            raise ConfigError(f"API key for {name!r} has role {role!r}; roles are {ROLES}")
-        if key in keys:
-            raise ConfigError(f"the API key of {name!r} is also given to {keys[key].name!r}")
-        keys[key] = ApiKey(name=name, role=role)
-    return keys
-
-
 def from_env(environ: dict[str, str] | None = None, **overrides) -> ServiceConfig:
     """Settings from DIEGUARD_* variables, then `overrides` (e.g. command-line options).
 
     Variables: DIEGUARD_API_KEYS (role:name:key,...; or DIEGUARD_API_KEYS_FILE),
     DIEGUARD_MODEL_NAME, MLFLOW_TRACKING_URI, DIEGUARD_BUNDLE, DIEGUARD_STATE_DIR,
     DIEGUARD_DATABASE_URL, DIEGUARD_SIMILAR_URI, DIEGUARD_MAX_BATCH, DIEGUARD_MAX_WAIT_MS,
-    DIEGUARD_RELOAD_S, DIEGUARD_THREADS, DIEGUARD_ROUTE_MODE, DIEGUARD_CANARY_SHARE.
+    DIEGUARD_RELOAD_S, DIEGUARD_THREADS, DIEGUARD_ROUTE_MODE, DIEGUARD_CANARY_SHARE,
+    DIEGUARD_MAX_QUEUE, DIEGUARD_REQUEST_TIMEOUT_S, DIEGUARD_MAX_CONNECTIONS,
+    DIEGUARD_MAX_MISSING_SHARE, DIEGUARD_KEY_SECRET (or DIEGUARD_KEY_SECRET_FILE: the secret
+    the keys are hashed under; without it, a random one per process).
     """
     env = os.environ if environ is None else environ
     keys_text = env.get("DIEGUARD_API_KEYS", "")
@@ -119,10 +100,21 @@ def from_env(environ: dict[str, str] | None = None, **overrides) -> ServiceConfi
         "threads": _number(env, "DIEGUARD_THREADS", int),
         "route_mode": env.get("DIEGUARD_ROUTE_MODE"),
         "canary_share": _number(env, "DIEGUARD_CANARY_SHARE", float),
-        "keys": parse_keys(keys_text) if keys_text.strip() else None,
+        "max_queue": _number(env, "DIEGUARD_MAX_QUEUE", int),
+        "request_timeout_s": _number(env, "DIEGUARD_REQUEST_TIMEOUT_S", float),
+        "max_connections": _number(env, "DIEGUARD_MAX_CONNECTIONS", int),
+        "max_missing_share": _number(env, "DIEGUARD_MAX_MISSING_SHARE", float),
+        "keys": parse_keys(keys_text, key_secret(env)) if keys_text.strip() else None,
     }
     settings |= overrides
     return ServiceConfig(**{k: v for k, v in settings.items() if v is not None})
+
+
+def key_secret(env) -> bytes | None:
+    """The server secret keys are hashed under (DIEGUARD_KEY_SECRET or _FILE); None: none."""
+    if env.get("DIEGUARD_KEY_SECRET_FILE"):
+        return Path(env["DIEGUARD_KEY_SECRET_FILE"]).read_bytes().strip()
+    return env.get("DIEGUARD_KEY_SECRET", "").encode() or None
 
 
 def _path(value: str | None) -> Path | None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 
+from service.inspection_log import FeedbackError
 from service.similar import NoIndexError
 from service.similar import UnknownDieError as NotIndexedError
 from service.state import ServiceState
 
 log = logging.getLogger("dieguard.service")
+MAX_COMMENT_CHARS = 2000
 
 
 def store_feedback(
@@ -25,8 +27,12 @@ def store_feedback(
     Returns:
         (the stored feedback row, whether it is new).
     Raises:
-        what add_feedback raises: UnknownDieError, FeedbackError, LogUnavailableError.
+        what add_feedback raises: UnknownDieError, FeedbackError, LogUnavailableError;
+        FeedbackError for a comment over MAX_COMMENT_CHARS.
     """
+    if comment and len(comment) > MAX_COMMENT_CHARS:
+        given = len(comment)
+        raise FeedbackError(f"the comment has {given} characters, at most {MAX_COMMENT_CHARS}")
     row, created = state.log.add_feedback(die_id, verdict, operator, true_class, comment)
     if created:
         _relabel(state, row)

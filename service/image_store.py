@@ -2,8 +2,9 @@
 
 A stored image is named by the SHA-256 of its bytes, under a two-character fan-out folder:
 ``ab/abcdef...png``. That relative name (the *ref*) is what inspection records keep. Writes
-are atomic (a temporary file renamed into place), so a reader never sees half an image, and
-the same bytes uploaded twice are stored once.
+are atomic (a temporary file renamed into place) and durable (fsynced before `put` returns),
+so a reader never sees half an image, a crash loses none that was stored, and the same bytes
+uploaded twice are stored once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import re
 import tempfile
 from pathlib import Path
+
+from service.spool import sync_folder
 
 SUFFIXES = {"png": ".png", "jpeg": ".jpg"}
 REF_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.(?:png|jpg)$")
@@ -50,7 +53,10 @@ class ImageStore:
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(temp, target)
+            sync_folder(target.parent)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise

@@ -21,6 +21,7 @@ from service.records import DieInput
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpeg"}
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_NOTE_CHARS = 2000
+MAX_FIELD_CHARS = 128
 METADATA_FIELDS = {
     "lot_id": str,
     "fab": str,
@@ -50,6 +51,7 @@ def parse_die(
     operator_notes: str | None = None,
     metadata: str | None = None,
     max_image_bytes: int = 2 * 1024 * 1024,
+    max_missing_share: float = 0.5,
 ) -> DieInput:
     """Validate every field of one inspection request.
 
@@ -61,16 +63,19 @@ def parse_die(
     note = (operator_notes or "").strip()
     if len(note) > MAX_NOTE_CHARS:
         raise InputError(f"operator_notes has {len(note)} characters, at most {MAX_NOTE_CHARS}")
+    die_id, wafer_id = check_id(die_id, "die_id"), check_id(wafer_id, "wafer_id")
+    meta = parse_metadata(metadata)
+    refuse_mostly_missing(missing, max_missing_share)
     return DieInput(
-        die_id=check_id(die_id, "die_id"),
-        wafer_id=check_id(wafer_id, "wafer_id"),
+        die_id=die_id,
+        wafer_id=wafer_id,
         image=image,
         image_bytes=image_bytes,
         image_format=fmt,
         process=process,
         missing_parameters=missing,
         note=note,
-        metadata=parse_metadata(metadata),
+        metadata=meta,
     )
 
 
@@ -139,6 +144,18 @@ def parse_process_log(text: str) -> tuple[dict[str, float], tuple[str, ...]]:
     return process, missing
 
 
+def refuse_mostly_missing(missing: tuple[str, ...], max_share: float) -> None:
+    """An InputError naming the missing parameters when more than `max_share` are missing
+    (such a log does not describe a die)."""
+    total = len(parameter_names())
+    if len(missing) > max_share * total:
+        raise InputError(
+            f"process_log lacks {len(missing)} of {total} parameters (at most "
+            f"{max_share:.0%} may be missing): {', '.join(missing)}",
+            field="process_log",
+        )
+
+
 def parse_metadata(text: str | None) -> dict:
     """Optional station metadata (lot, fab, chamber, shift, die position, zone, timestamp)."""
     if not text or not text.strip():
@@ -156,6 +173,9 @@ def parse_metadata(text: str | None) -> dict:
         kind = METADATA_FIELDS[name]
         if isinstance(value, bool) or not isinstance(value, kind):
             raise InputError(f"metadata {name} is {value!r}, expected {kind.__name__}")
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            limit = MAX_FIELD_CHARS
+            raise InputError(f"metadata {name} has {len(value)} characters, at most {limit}")
         if name in CHOICES and value not in CHOICES[name]:
             raise InputError(f"metadata {name} is {value!r}, expected one of {CHOICES[name]}")
     if "timestamp" in values:

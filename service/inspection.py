@@ -1,8 +1,9 @@
 """One inspection: route the die, run the models, explain the decision, log everything.
 
-The response waits only for the deciding model; the other model's decision (shadow or
-canary), the image, the log record and the die's embedding are written afterwards, off the
-response path.
+The response waits for every model the die was routed to (they run side by side), then for
+the image and the log record to be on disk (fsynced): a 200 means the inspection is stored
+and will be in the inspection log, even if the process dies the next moment. The die's
+embedding is indexed afterwards, off the response path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 
 from model.schema import parameter_names
 from registry import CHAMPION
+from service.batcher import DeadlineError, OverloadedError
 from service.engine import DieOutput, ModelEngine
 from service.explain import anomalous_parameters, explain, overlay_base64
 from service.models import CANDIDATE
@@ -27,8 +29,17 @@ class NoModelError(RuntimeError):
     """No champion is loaded yet (the service is not ready)."""
 
 
-async def inspect(state: ServiceState, die: DieInput) -> dict:
-    """Decide one die and return the API response body (see service.api)."""
+class StorageError(RuntimeError):
+    """The image or the log record could not be written to disk: nothing was acknowledged."""
+
+
+async def inspect(state: ServiceState, die: DieInput, timeout_s: float) -> dict:
+    """Decide one die, store it durably and return the API response body (see service.api).
+
+    Raises:
+        NoModelError, OverloadedError, DeadlineError (no model answer within `timeout_s`),
+        StorageError, or what the champion raised on this die.
+    """
     start = time.perf_counter()
     champion = state.pool.get(CHAMPION)
     if champion is None:
@@ -37,21 +48,60 @@ async def inspect(state: ServiceState, die: DieInput) -> dict:
     route = state.pool.routing.mode if candidate else "off"
     deciding = state.pool.routing.deciding_role(die.die_id) if candidate else CHAMPION
     models = {CHAMPION: champion, **({CANDIDATE: candidate} if candidate else {})}
-    runs = {role: asyncio.ensure_future(m.batcher.submit(die)) for role, m in models.items()}
+    runs = {
+        role: asyncio.ensure_future(m.batcher.submit(die, timeout_s)) for role, m in models.items()
+    }
     try:
         output = await runs[deciding]
-    except Exception:
-        if deciding == CHAMPION:
+    except Exception as err:
+        if deciding == CHAMPION or isinstance(err, OverloadedError | DeadlineError):
+            for run in runs.values():
+                run.cancel()
             raise
         log.exception("the candidate failed on %s; the champion decides", die.die_id)
         deciding, output = CHAMPION, await runs[CHAMPION]
+    decisions = await _decisions(die, runs)
     body = await asyncio.to_thread(
         response_body, die, output, models[deciding].engine, state.config.anomaly_sigma
     )
     body |= {"route": route, "decided_by": deciding, "inspection_id": uuid.uuid4().hex}
     body["latency_ms"] = round((time.perf_counter() - start) * 1000.0, 2)
-    state.spawn(_record(state, die, runs, body, output))
+    await asyncio.to_thread(_store, state, die, body, decisions, output)
+    _count(state, die, body, decisions)
+    state.pending_embeddings.append(embedding_row(die, body, output))
     return body
+
+
+async def _decisions(die: DieInput, runs: dict) -> list:
+    """Every model's decision on the die (a model that failed on it is left out)."""
+    decisions = []
+    for role, run in runs.items():
+        try:
+            decisions.append((await run).decision)
+        except Exception as err:  # the deciding model answered; this one is only compared
+            log.warning("%s model failed on %s: %s", role, die.die_id, err)
+    return decisions
+
+
+def _store(state: ServiceState, die: DieInput, body: dict, decisions, output) -> None:
+    """The image, then the log record, on disk (fsynced) before the station hears back."""
+    try:
+        image_ref = state.images.put(die.image_bytes, die.image_format)
+        state.log.record(inspection_record(die, body, decisions, image_ref, output))
+    except OSError as err:
+        log.error("could not store the inspection of %s: %s", die.die_id, err)
+        raise StorageError("the inspection could not be stored; retry") from err
+
+
+def _count(state: ServiceState, die: DieInput, body: dict, decisions) -> None:
+    m = state.metrics
+    for decision in decisions:
+        served = decision.role == body["decided_by"]
+        m.observe_decision(decision.class_name, decision.model_version, decision.role, served)
+    m.inspections.inc()
+    m.missing_parameters.inc(len(die.missing_parameters))
+    if not die.note:
+        m.missing_notes.inc()
 
 
 def response_body(die: DieInput, output: DieOutput, engine: ModelEngine, sigma: float) -> dict:
@@ -84,31 +134,6 @@ def response_body(die: DieInput, output: DieOutput, engine: ModelEngine, sigma: 
         "model_version": d.model_version,
         "model_kind": d.model_kind,
     }
-
-
-async def _record(state: ServiceState, die, runs: dict, body: dict, output: DieOutput) -> None:
-    """Log the inspection with every model's decision once all have answered."""
-    decisions = []
-    for role, run in runs.items():
-        try:
-            decisions.append((await run).decision)
-        except Exception as err:  # logged below; the station already has its answer
-            log.warning("%s model failed on %s: %s", role, die.die_id, err)
-    m = state.metrics
-    for decision in decisions:
-        served = decision.role == body["decided_by"]
-        m.observe_decision(decision.class_name, decision.model_version, decision.role, served)
-    m.inspections.inc()
-    m.missing_parameters.inc(len(die.missing_parameters))
-    if not die.note:
-        m.missing_notes.inc()
-    try:
-        image_ref = await asyncio.to_thread(state.images.put, die.image_bytes, die.image_format)
-    except OSError as err:
-        log.error("could not store the image of %s: %s", die.die_id, err)
-        image_ref = ""
-    state.log.record(inspection_record(die, body, decisions, image_ref, output))
-    state.pending_embeddings.append(embedding_row(die, body, output))
 
 
 def inspection_record(die: DieInput, body: dict, decisions, image_ref: str, output) -> dict:

@@ -3,9 +3,12 @@
 `record` never waits on the database: it puts the row in a bounded in-memory buffer and a
 writer thread stores batches (one transaction each), retrying with backoff while the
 database is unreachable. When the buffer overflows, the oldest records are dropped and
-counted in `status()`. Queries and feedback are synchronous: feedback is committed before
-`add_feedback` returns, or refused with `LogUnavailableError`. The tables, engines and
-row conversions are in `service.log_tables`.
+counted in `status()`. With a write-ahead spool (service.spool), `record` first writes the
+record to local disk and fsyncs it, so a record survives a crash of the process; `replay`
+queues the records a crashed process left, and a spooled record leaves the spool once it is
+in the database (a record already there is not written twice). Queries and feedback are
+synchronous: feedback is committed before `add_feedback` returns, or refused with
+`LogUnavailableError`. The tables, engines and row conversions are in `service.log_tables`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from service.log_tables import (
     make_engine,
     with_decisions,
 )
+from service.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ class _Pending:
     seq: int
     row: dict
     decisions: list[dict]
+    segment: int | None = None  # the spool segment holding it
+    replayed: bool = False  # read back from the spool: may be in the database already
 
 
 class InspectionLog:
@@ -82,6 +88,7 @@ class InspectionLog:
         batch_size: records written per transaction.
         retry_initial, retry_max: backoff between failed writes, in seconds.
         connect_timeout: seconds to wait for a database connection.
+        spool: a write-ahead spool: `record` returns once the record is on disk.
     """
 
     def __init__(
@@ -92,7 +99,9 @@ class InspectionLog:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         connect_timeout: float = 5.0,
+        spool: Spool | None = None,
     ):
+        self.spool = spool
         self.url = engine_url(url)
         self.source = self.url.set(password=None).render_as_string(hide_password=False)
         self.capacity, self.batch_size = capacity, batch_size
@@ -120,12 +129,29 @@ class InspectionLog:
             ValueError: the record lacks a required field or holds an unreadable value.
         """
         row, decisions = inspection_rows(inspection)
+        segment = None if self.spool is None else self.spool.append(inspection)
+        self._queue(_Pending(0, row, decisions, segment))
+
+    def replay(self) -> int:
+        """Queue the records a previous process left in the spool; how many."""
+        if self.spool is None:
+            return 0
+        found = self.spool.recover()
+        for segment, record in found:
+            row, decisions = inspection_rows(record)
+            self._queue(_Pending(0, row, decisions, segment, replayed=True))
+        if found:
+            log.warning("replaying %d spooled inspections into the log", len(found))
+        return len(found)
+
+    def _queue(self, pending: _Pending) -> None:
         with self._cond:
             self._seq += 1
-            if len(self._buffer) >= self.capacity:
+            pending.seq = self._seq
+            if len(self._buffer) >= self.capacity:  # a spooled record stays in the spool
                 self._buffer.popleft()
                 self._counts["dropped"] += 1
-            self._buffer.append(_Pending(self._seq, row, decisions))
+            self._buffer.append(pending)
             self._cond.notify_all()
 
     def start(self) -> InspectionLog:
@@ -175,7 +201,10 @@ class InspectionLog:
             self._buffer.clear()
             self._counts["dropped"] += left
         if left:
-            log.error("inspection log closed with %d records unwritten: %s", left, self._last_error)
+            where = "kept in the spool" if self.spool else "unwritten"
+            log.error("inspection log closed with %d records %s: %s", left, where, self._last_error)
+        if self.spool is not None:
+            self.spool.close()
         self._engine.dispose()
         return left == 0
 
@@ -189,6 +218,7 @@ class InspectionLog:
                 "last_error": self._last_error,
                 "database_ok": self._database_ok,
                 "running": self._running(),
+                "spooled": None if self.spool is None else self.spool.unsettled(),
             }
 
     def __enter__(self) -> InspectionLog:
@@ -227,14 +257,16 @@ class InspectionLog:
         """Write a batch in one transaction; if the database refuses a record (not an
         outage), write one at a time and set the refused ones aside."""
         self._ensure_schema()
+        stored = self._stored_replays(batch)
         try:
-            self._insert(batch)
+            self._insert([p for p in batch if p.row["inspection_id"] not in stored])
         except Exception as err:
             if is_outage(err):
                 raise
             for item in batch:
                 try:
-                    self._insert([item])
+                    if item.row["inspection_id"] not in stored:
+                        self._insert([item])
                 except Exception as one_err:
                     if is_outage(one_err):
                         raise
@@ -245,7 +277,18 @@ class InspectionLog:
             return
         self._settle(batch)
 
+    def _stored_replays(self, batch: list[_Pending]) -> set[str]:
+        """The ids of the batch's replayed records that are in the database already."""
+        replayed = [p.row["inspection_id"] for p in batch if p.replayed]
+        if not replayed:
+            return set()
+        column = INSPECTIONS.c.inspection_id
+        with self._engine.connect() as conn:
+            return set(conn.scalars(sa.select(column).where(column.in_(replayed))))
+
     def _insert(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
         with self._engine.begin() as conn:
             conn.execute(INSPECTIONS.insert(), [p.row for p in batch])
             decisions = [d for p in batch for d in p.decisions]
@@ -256,9 +299,9 @@ class InspectionLog:
         """Take a written (or refused) batch off the buffer's front; a record that was
         dropped while it was being written counts as written, not dropped."""
         with self._cond:
-            present = 0
+            present, segments = 0, []
             while self._buffer and self._buffer[0].seq <= batch[-1].seq:
-                self._buffer.popleft()
+                segments.append(self._buffer.popleft().segment)
                 present += 1
             if refused is None:
                 self._counts["written"] += len(batch)
@@ -268,6 +311,8 @@ class InspectionLog:
                 self._last_error = f"record refused: {describe_error(refused)}"
             self._database_ok = True
             self._cond.notify_all()
+        if self.spool is not None:
+            self.spool.settled([s for s in segments if s is not None])
 
     def _note_outage(self, err: Exception, count: bool = False) -> None:
         if isinstance(err, exc.ProgrammingError):

@@ -50,6 +50,7 @@ class Outcome:
     server_latency_ms: float | None = None
     model_version: str | None = None
     lag_ms: float = 0.0  # how late the request left against its scheduled time
+    inspection_id: str | None = None  # what a 200 acknowledged
 
 
 @dataclass
@@ -70,6 +71,7 @@ class LoadReport:
     server_latency_ms: float | None
     max_lag_ms: float = 0.0
     model_versions: dict[str, int] = field(default_factory=dict)
+    acknowledged: list[str] = field(default_factory=list, repr=False)  # ids answered 200
 
     @property
     def error_rate(self) -> float:
@@ -82,7 +84,9 @@ class LoadReport:
         return self.p99_ms <= p99_limit_ms and self.error_rate <= max_error_rate
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"error_rate": self.error_rate}
+        return {k: v for k, v in asdict(self).items() if k != "acknowledged"} | {
+            "error_rate": self.error_rate
+        }
 
     def format(self) -> str:
         """A short terminal summary of the run."""
@@ -154,6 +158,7 @@ def build_report(
         server_latency_ms=float(np.mean(server)) if server else None,
         max_lag_ms=max((o.lag_ms for o in outcomes), default=0.0),
         model_versions=dict(sorted(versions.items())),
+        acknowledged=[o.inspection_id for o in ok if o.inspection_id],
     )
 
 
@@ -239,11 +244,12 @@ async def _send(client, url: str, die: DiePayload, timeout_s: float, due: float)
     try:
         body = response.json()
         server, version = body.get("latency_ms"), body.get("model_version")
+        inspection_id = body.get("inspection_id")
     except (ValueError, AttributeError):
         return Outcome(INVALID_RESPONSE, latency_ms, lag_ms=lag_ms)
     server = float(server) if isinstance(server, int | float) else None
     version = None if version is None else str(version)
-    return Outcome(OK, latency_ms, server, version, lag_ms)
+    return Outcome(OK, latency_ms, server, version, lag_ms, inspection_id)
 
 
 async def run_load(

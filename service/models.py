@@ -12,12 +12,18 @@ is present the candidate is the version it names. When it disappears (promotion,
 stop), routing goes back to off: the champion alone. An admin change (PUT
 /api/v1/admin/routing) holds until the rollout state next changes, for good when there is
 none; to stop a rollout for good, clear its state (registry.rollout_state.clear_rollout).
+
+Each champion loaded from the registry is remembered on disk (`last_good.json` beside the
+downloaded bundles). A pod that starts while the registry is unreachable serves that bundle,
+once its files match their digests again, and says so (`fallback`); the next successful
+sync follows the registry again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +31,7 @@ from pathlib import Path
 
 from registry import CHAMPION, download_bundle, open_store
 from registry.aliases import alias_version
+from registry.bundle import verify
 from registry.rollout_state import rollout_state
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
@@ -32,6 +39,7 @@ from service.engine import ModelEngine
 from service.metrics import ServiceMetrics
 
 CANDIDATE = "candidate"
+LAST_GOOD_FILE = "last_good.json"
 log = logging.getLogger("dieguard.service")
 
 
@@ -95,6 +103,8 @@ class ModelPool:
             self.config.max_wait_ms,
             on_batch,
             name=role,
+            max_queue=self.config.max_queue,
+            timeout_s=self.config.request_timeout_s,
         )
         batcher.start()
         new = LoadedModel(role, engine, batcher, datetime.now(UTC))
@@ -130,6 +140,7 @@ class RegistryWatcher:
         self._store = None
         self._task: asyncio.Task | None = None
         self._rollout: dict | None = None  # the registry's rollout state at the last sync
+        self.fallback: str | None = None  # why a last-good bundle is served, when it is
 
     async def sync(self) -> None:
         """Follow the rollout state, then load the champion (and the candidate when routing
@@ -170,10 +181,39 @@ class RegistryWatcher:
         """sync(), keeping the current models and recording the error when it fails."""
         try:
             await self.sync()
-            self.pool.last_error = None
+            self.pool.last_error, self.fallback = None, None
+            await asyncio.to_thread(self._remember_champion)
         except Exception as err:  # registry down, bundle altered: keep serving what we have
             self.pool.last_error = f"model reload failed: {type(err).__name__}: {err}"
             log.warning(self.pool.last_error)
+
+    async def load_last_good(self) -> bool:
+        """Serve the last champion this pod loaded from the registry, verified again, when
+        no champion is loaded (the registry is unreachable); True when it is served."""
+        pointer = self.bundles / LAST_GOOD_FILE
+        if self.pool.get(CHAMPION) is not None or not pointer.is_file():
+            return False
+        try:
+            folder = self.bundles / json.loads(pointer.read_text())["folder"]
+            await asyncio.to_thread(verify, folder)
+            loaded = await self.pool.load(CHAMPION, folder)
+        except Exception as err:  # altered or incomplete: no model beats a wrong one
+            log.error("the last-good bundle cannot be served: %s", err)
+            return False
+        self.fallback = f"last-good bundle v{loaded.version}: the registry is unreachable"
+        log.warning("serving the %s", self.fallback)
+        return True
+
+    def _remember_champion(self) -> None:
+        champion = self.pool.get(CHAMPION)
+        pointer = self.bundles / LAST_GOOD_FILE
+        if champion is None or not champion.engine.folder.is_relative_to(self.bundles):
+            return
+        text = json.dumps({"version": champion.version, "folder": champion.engine.folder.name})
+        if not pointer.is_file() or pointer.read_text() != text:
+            temp = pointer.with_suffix(".part")
+            temp.write_text(text)
+            temp.replace(pointer)
 
     async def _follow_rollout(self) -> None:
         """Routing from the registry's rollout state when it changed (off when it went away)."""

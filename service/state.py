@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
+from service.auth import FailedAttempts
 from service.config import ServiceConfig
 from service.image_store import ImageStore
 from service.inspection_log import InspectionLog
 from service.metrics import ServiceMetrics
 from service.models import ModelPool, RegistryWatcher
 from service.similar import SimilarDefects
+from service.spool import Spool
 
 
 @dataclass
@@ -21,8 +22,8 @@ class ServiceState:
     log: InspectionLog
     images: ImageStore
     similar: SimilarDefects
+    attempts: FailedAttempts
     watcher: RegistryWatcher | None = None
-    background: set[asyncio.Task] = field(default_factory=set)
     pending_embeddings: list = field(default_factory=list)
 
     @classmethod
@@ -34,14 +35,9 @@ class ServiceState:
             config=config,
             metrics=metrics,
             pool=pool,
-            log=InspectionLog(config.log_url),
+            log=InspectionLog(config.log_url, spool=Spool(config.state_dir / "spool")),
             images=ImageStore(config.state_dir / "images"),
             similar=SimilarDefects(config.similar_location),
+            attempts=FailedAttempts(config.auth_failures_per_minute),
             watcher=None if config.bundle else RegistryWatcher(pool, config),
         )
-
-    def spawn(self, coroutine) -> None:
-        """Run a coroutine in the background, holding a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)

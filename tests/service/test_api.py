@@ -172,8 +172,10 @@ def test_operations_endpoints(live_service, dies):
     inspect(live_service, dies[0])
     client = live_service.client(None)
     assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz").json()
+    assert client.get("/readyz").json() == {"ready": True, "status": "ready"}  # status only
+    ready = live_service.client("operator").get("/readyz").json()
     assert ready["ready"] and ready["models"]["champion"]["version"] == "1"
+    assert ready["model_answering"] and ready["source"] == "registry"
     metrics = client.get("/metrics").text
     for name in (
         "dieguard_inspect_latency_seconds_bucket",

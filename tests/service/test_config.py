@@ -6,14 +6,34 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, ServiceConfig, from_env, parse_keys
+from service.config import ApiKey, ConfigError, ServiceConfig, from_env, parse_keys
+from service.keys import HASHED, key_digest
 from service.models import Routing, canary_bucket
 
 
 def test_keys_parse_with_roles():
     keys = parse_keys("station:st-1:k1, operator:ann:k2\nadmin:root:k3")
-    assert keys["k1"].name == "st-1" and keys["k1"].role == "station"
-    assert keys["k3"].role == "admin" and len(keys) == 3
+    assert keys.find("k1").name == "st-1" and keys.find("k1").role == "station"
+    assert keys.find("k3").role == "admin" and len(keys) == 3
+    assert keys.find("k4") is None and keys.find("") is None
+
+
+def test_keys_are_held_as_digests_only():
+    secret = b"server-secret"
+    keys = parse_keys("station:st-1:plain-key-1", secret)
+    assert "plain-key-1" not in repr(vars(keys))
+    entry = f"operator:ann:{HASHED}{key_digest(secret, 'ann-key')}"
+    from_digest = parse_keys(entry, secret)
+    assert from_digest.find("ann-key") == ApiKey("ann", "operator")
+    assert from_digest.find(key_digest(secret, "ann-key")) is None  # the digest is no key
+    with pytest.raises(ConfigError, match="server secret"):
+        parse_keys(entry)  # a random secret cannot match a stored digest
+
+
+def test_the_key_secret_comes_from_the_environment():
+    entry = f"station:s:{HASHED}{key_digest(b'abc', 'k')}"
+    config = from_env({"DIEGUARD_API_KEYS": entry, "DIEGUARD_KEY_SECRET": "abc"})
+    assert config.keys.find("k").name == "s"
 
 
 @pytest.mark.parametrize(
@@ -22,6 +42,7 @@ def test_keys_parse_with_roles():
         ("station:st-1", "not role:name:key"),
         ("boss:ann:k1", "role 'boss'"),
         ("station:a:k1,operator:b:k1", "also given"),
+        ("station:a:hmac-sha256:abc", "64 hex"),
     ],
 )
 def test_bad_keys_are_refused(text, match):
@@ -74,3 +95,17 @@ def test_a_growing_share_keeps_the_dies_already_on_the_candidate():
 
 def test_defaults_are_valid():
     assert ServiceConfig().route_mode == "off"
+
+
+def test_hash_key_prints_an_entry_the_service_admits(monkeypatch):
+    from click.testing import CliRunner
+
+    from dieguard.cli import main
+
+    monkeypatch.setenv("DIEGUARD_KEY_SECRET", "server-secret")
+    args = ["hash-key", "--role", "operator", "--name", "j.doe", "--key", "the-key"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    entry = result.output.strip()
+    assert "the-key" not in entry and entry.startswith("operator:j.doe:hmac-sha256:")
+    assert parse_keys(entry, b"server-secret").find("the-key") == ApiKey("j.doe", "operator")

@@ -39,7 +39,7 @@ def refused(call, *args, status: int = 422, match: str | None = None) -> InputEr
 def test_a_valid_die_parses(png):
     log = json.dumps({NAMES[0]: 1.5, NAMES[1]: None, NAMES[2]: 3})
     meta = json.dumps({"fab": "A", "die_x": 3, "timestamp": "2026-11-01T08:00:00Z"})
-    die = parse_die(png, log, "A-L1-W1-D1", "A-L1-W1", "  particles near edge ", meta)
+    die = parse_die(png, log, "A-L1-W1-D1", "A-L1-W1", "  particles near edge ", meta, 2**20, 1.0)
     assert die.image.shape == (256, 256, 3) and die.image_format == "png"
     assert die.process == {NAMES[0]: 1.5, NAMES[2]: 3.0}
     assert NAMES[1] in die.missing_parameters and len(die.missing_parameters) == 46
@@ -102,6 +102,19 @@ def test_bad_process_logs_are_refused(text, status, match):
 def test_an_empty_log_reports_every_parameter_missing():
     process, missing = parse_process_log("{}")
     assert process == {} and missing == NAMES
+
+
+@pytest.mark.parametrize(("given", "share"), [(0, 0.5), (23, 0.5), (40, 0.1), (0, 0.99)])
+def test_a_log_missing_too_many_parameters_is_refused_naming_them(png, given, share):
+    log = json.dumps(dict.fromkeys(NAMES[:given], 1.0))
+    error = refused(parse_die, png, log, "D1", "W1", "", "", 2**20, share, match="lacks")
+    assert NAMES[-1] in error.reason and error.field == "process_log"
+    assert f"{len(NAMES) - given} of {len(NAMES)}" in error.reason
+
+
+def test_a_log_missing_up_to_the_share_is_a_die(png):
+    log = json.dumps(dict.fromkeys(NAMES[:24], 1.0))
+    assert len(parse_die(png, log, "D1", "W1").missing_parameters) == 24
 
 
 @pytest.mark.parametrize(

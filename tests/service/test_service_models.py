@@ -36,7 +36,7 @@ def test_a_moved_champion_alias_is_served_without_restart(own_service, service_b
     assert version == "2"
     body = wait_for(lambda: (b := inspect(own_service, dies[3]))["model_version"] == "2" and b)
     assert body["flagged"]  # the new version's threshold flags every die
-    ready = own_service.client(None).get("/readyz").json()
+    ready = own_service.client("operator").get("/readyz").json()
     assert ready["models"]["champion"]["version"] == "2"
 
 
@@ -91,7 +91,7 @@ def test_inspection_goes_on_while_the_log_database_is_down(registry_uri, tmp_pat
     service, stop = start_service(config, registry_uri)
     try:
         assert inspect(service, dies[0])["model_version"] == "1"
-        log = wait_for(lambda: (s := service.client(None).get("/readyz").json()["log"])
+        log = wait_for(lambda: (s := service.client("operator").get("/readyz").json()["log"])
                        ["failures"] and s)  # fmt: skip
         assert log["database_ok"] is False and log["buffered"] >= 1
         with service.client("operator") as client:

@@ -1,0 +1,72 @@
+"""The write-ahead spool: records on disk before they are acknowledged, replayed after a
+crash, written to the log once, and gone from disk once they are in the database."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.inspection_log import InspectionLog
+from service.spool import Spool
+from tests.service.test_inspection_log import FAST, make_record
+
+UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+
+
+def test_records_survive_a_crash_and_a_torn_line_is_skipped(tmp_path):
+    spool = Spool(tmp_path, segment_records=2)
+    segments = [spool.append({"n": i, "v": np.float32(0.5)}) for i in range(3)]
+    assert segments == [1, 1, 2] and spool.unsettled() == 3
+    with open(tmp_path / "000002.jsonl", "ab") as segment:
+        segment.write(b'{"n": 3, "v"')  # the crash cut this write short
+    recovered = Spool(tmp_path).recover()  # a new process over the same folder
+    assert [(s, r["n"]) for s, r in recovered] == [(1, 0), (1, 1), (2, 2)]
+    assert recovered[0][1]["v"] == 0.5
+
+
+def test_a_segment_is_deleted_once_its_records_are_settled(tmp_path):
+    spool = Spool(tmp_path, segment_records=2)
+    first = [spool.append({"n": i}) for i in range(2)]
+    spool.append({"n": 2})  # opens segment 2; segment 1 is closed
+    spool.settled(first[:1])
+    assert (tmp_path / "000001.jsonl").exists()
+    spool.settled(first[1:])
+    assert not (tmp_path / "000001.jsonl").exists() and spool.unsettled() == 1
+    spool.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["000002.jsonl"]
+
+
+def test_what_the_database_never_got_is_written_after_a_restart(tmp_path):
+    records = [make_record(f"A-L0001-W01-D{i:03d}") for i in range(5)]
+    down = InspectionLog(UNREACHABLE, spool=Spool(tmp_path / "spool"), **FAST).start()
+    for record in records:
+        down.record(record)
+    down.close(timeout=0.2)  # the database never answered: the records stay on disk
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = InspectionLog(url, spool=Spool(tmp_path / "spool"), **FAST)
+    assert log.replay() == 5
+    with log:
+        assert log.flush(10)
+        stored = {log.get(r["die_id"])["inspection_id"] for r in records}
+        assert log.status()["spooled"] == 0
+    assert stored == {r["inspection_id"] for r in records}
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+
+
+def test_a_replayed_record_already_in_the_database_is_not_written_twice(tmp_path):
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    records = [make_record(f"A-L0001-W01-D{i:03d}") for i in range(4)]
+    with InspectionLog(url, **FAST) as log:  # two were written before the crash...
+        for record in records[:2]:
+            log.record(record)
+        assert log.flush(10)
+    spool = Spool(tmp_path / "spool")
+    for record in records:  # ...and all four were still in the spool
+        spool.append(record)
+    spool.close()
+    log = InspectionLog(url, spool=Spool(tmp_path / "spool"), **FAST)
+    assert log.replay() == 4
+    with log:
+        assert log.flush(10)
+        status = log.status()
+        rows = log.window(records[0]["received_at"], records[0]["received_at"].replace(year=2100))
+    assert len(rows) == 4 and status["rejected"] == 0 and status["spooled"] == 0
