@@ -11,15 +11,16 @@ from model.config import RunConfig
 from model.evaluation_job import run_evaluation
 from model.prepare import Prepared, prepare
 from model.report import score
+from tasks.resume import ONCE_PER_RUN
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, persist_result=False)  # large; a resumed run reads it again
 def prepare_data(cfg: RunConfig, folder: Path) -> Prepared:
     """Decode the images once into the cache; fit the scaler and tokenizer on train."""
     return prepare(cfg, folder)
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=ONCE_PER_RUN)
 def train(kind: str, data: Prepared, cfg: RunConfig, folder: Path) -> dict:
     """Train one kind (resuming from its last checkpoint); its test figures and model file."""
     from model.train import train_model  # torch-heavy: imported when the task runs
