@@ -193,23 +193,22 @@ def retrain(config_path, model_name, tracking_uri, auto_approve, hold_for_rollou
 
     Exits 2 when the release gates refused the candidate (the champion stays).
     """
-    from flows.retrain import GateFailedError
+    from flows.retrain import REFUSED
     from flows.retrain import retrain as retrain_flow
     from registry import audit, champion, format_audit, open_store
 
     started = time.perf_counter()
-    refused = None
-    try:
-        result = retrain_flow(
-            config_path,
-            list(overrides),
-            model_name=model_name,
-            tracking_uri=tracking_uri,
-            auto_approve=auto_approve,
-            hold_for_rollout=hold_for_rollout,
-        )
-    except GateFailedError as error:
-        refused, result = error, {}
+    state = retrain_flow(
+        config_path,
+        list(overrides),
+        model_name=model_name,
+        tracking_uri=tracking_uri,
+        auto_approve=auto_approve,
+        hold_for_rollout=hold_for_rollout,
+        return_state=True,
+    )
+    result = state.result()  # raises the run's error when it failed
+    refused = result.get("refused") if state.name == REFUSED else None
     minutes = (time.perf_counter() - started) / 60
     click.echo(f"\nretrain finished in {minutes:.1f} min")
     if refused:
