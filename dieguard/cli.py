@@ -18,10 +18,18 @@ def data_dir_option(help_text: str):
     return click.option("--data-dir", type=click.Path(exists=True, file_okay=False), help=help_text)
 
 
+# Set before Prefect is first imported, unless the user set them: a fab's machines reach no
+# outside endpoint, and on a first start the local server's usage telemetry can log a
+# "database is locked" traceback.
+PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
 @click.group()
 def main() -> None:
     """dieguard: multimodal inline die inspection."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 @main.command()

@@ -1,4 +1,5 @@
 import json
+import os
 
 from click.testing import CliRunner
 
@@ -48,3 +49,12 @@ def test_train_then_evaluate_the_smoke_model(tiny_data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "escape" in result.output and "a sub-1% escape rate cannot be" in result.output
     assert (tmp_path / "ev" / "evaluation.html").exists()
+
+
+def test_the_cli_turns_prefect_telemetry_off_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    CliRunner().invoke(main, ["synth"])  # a usage error, after the defaults
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
+    CliRunner().invoke(main, ["synth"])  # a usage error, after the defaults
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
