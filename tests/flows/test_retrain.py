@@ -14,6 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -94,6 +95,15 @@ def test_first_run_makes_the_cnn_then_the_candidate_champion(first_run):
     assert audit(client, MODEL, "1")["kind"] == "baseline"
     params = client.get_run(record["run_id"]).data.params
     assert params["model.img_size"] == "32"
+
+
+def test_training_moves_a_progress_artifact_per_model(first_run):
+    with get_client(sync_client=True) as client:
+        for kind in ("baseline", "multimodal"):
+            key = ArtifactFilter(key=ArtifactFilterKey(any_=[f"training-{kind}"]))
+            artifacts = client.read_artifacts(artifact_filter=key)
+            assert [a.type for a in artifacts] == ["progress"], kind
+            assert 0 < float(artifacts[0].data) <= 100  # epochs done, of the planned ones
 
 
 def test_the_retrain_builds_int8_variants_only_until_one_ships(first_run):
