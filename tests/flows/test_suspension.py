@@ -8,15 +8,10 @@ so its runs start in processes of their own that the test can look for.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import (
     PREFECT_API_URL,
@@ -27,71 +22,39 @@ from prefect.settings import (
 
 from flows.approval import TIMEOUT_APPROVER
 from flows.approval_deadlines import approval_deadlines
-from tests.flows.test_approval_ui import prefect_ui  # noqa: F401 - the server fixture
+from tests.flows.conftest import in_thread, serving, wait_for
 
 DEPLOYMENT = "suspendable-approval/suspendable"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def served(prefect_ui, tmp_path_factory):  # noqa: F811 - the imported fixture
-    """The flow served from a child process; yields the settings to talk to it."""
+def served(prefect_ui, tmp_path_factory):
+    """The flow served from a child process; yields the UI's URL and the client settings."""
     storage = tmp_path_factory.mktemp("results")
     api = f"{prefect_ui}/api"
-    env = os.environ | {
-        "PREFECT_API_URL": api,
-        "PREFECT_LOCAL_STORAGE_PATH": str(storage),
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "PYTHONPATH": str(Path.cwd()),
-    }
-    code = "from tests.flows.suspendable import suspendable_approval as f; f.serve('suspendable')"
-    log = (storage / "runner.log").open("w")
-    runner = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log)
+    code = "from tests.flows.served import suspendable_approval as f; f.serve('suspendable')"
     settings = {PREFECT_API_URL: api, PREFECT_LOCAL_STORAGE_PATH: storage,
                 PREFECT_LOGGING_TO_API_ENABLED: False}  # fmt: skip
-    try:
+    with serving(code, api, storage):
         yield prefect_ui, settings
-    finally:
-        runner.terminate()
-        runner.wait(timeout=30)
-        log.close()
 
 
-def in_thread(fn, *args, **kwargs):
-    """Prefect's sync calls, away from the thread where Playwright's event loop runs."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
+def start(settings: dict, deployment: str = DEPLOYMENT, **parameters) -> str:
+    """Start a run of the served deployment (once the runner has registered it); its id."""
 
-
-def start(settings: dict, **parameters) -> str:
     def go():
         with temporary_settings(settings):
             deadline = time.monotonic() + 120
-            while True:  # the runner registers the deployment as it starts
+            while True:
                 try:
-                    return str(run_deployment(DEPLOYMENT, parameters=parameters, timeout=0).id)
+                    return str(run_deployment(deployment, parameters=parameters, timeout=0).id)
                 except Exception:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(1)
 
     return in_thread(go)
-
-
-def wait_for(settings: dict, run_id: str, done, timeout_s: float = 180):
-    """The run's state once `done(state)` holds."""
-
-    def poll():
-        with temporary_settings(settings), get_client(sync_client=True) as client:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                state = client.read_flow_run(run_id).state
-                if state and done(state):
-                    return state
-                time.sleep(0.5)
-        raise TimeoutError(f"run {run_id} never reached the expected state")
-
-    return in_thread(poll)
 
 
 def result(settings: dict, state) -> dict:
