@@ -20,7 +20,7 @@ from tasks import registry
 from tasks.data import explore, fetch_data, validate_data
 from tasks.registry import promote_version, record_decision
 from tasks.release import export_baseline, judge, optimize, score_champion
-from tasks.reports import publish_figures, publish_gates, publish_report
+from tasks.reports import publish_figures, publish_gates, publish_logged_reports, publish_report
 from tasks.resume import once_per_run
 from tasks.rollout import start_rollout
 from tasks.training import evaluate, prepare_data, train
@@ -31,6 +31,7 @@ install_first_champion = once_per_run(registry.install_first_champion)
 log_run = once_per_run(registry.log_run)
 register_candidate = once_per_run(registry.register_candidate)
 
+REPORT_KEYS = {"data_docs": "data-docs", "eda": "eda", "evaluation": "evaluation-report"}
 REFUSED = "Refused"  # the final state of a run whose candidate the release gates turned away
 
 
@@ -61,7 +62,8 @@ def retrain(
         hold_for_rollout: leave an approved version challenger, for a rollout started
             elsewhere (the demo's simulation rolls it out in-process).
     Returns:
-        version, approval, champion and report paths; a candidate refused by the release
+        version, approval, champion, report paths and their logged URIs
+        ("logged_reports"); a candidate refused by the release
         gates ends the run in a Completed state named "Refused" holding the same outcome.
     """
     log = get_run_logger()
@@ -70,15 +72,16 @@ def retrain(
         cfg = fetch_data(cfg)
     run = Path(cfg.out_dir) / cfg.name
     validation = validate_data(cfg.data_dir, run / "validation")
-    publish_report(validation["docs_index"], "data-docs", "Great Expectations Data Docs")
+    docs = validation["docs_index"]
+    publish_report(docs, REPORT_KEYS["data_docs"], "Great Expectations Data Docs")
     eda = explore(cfg.data_dir, run / "eda")
-    publish_report(eda, "eda", "Exploratory data analysis of the training split")
+    publish_report(eda, REPORT_KEYS["eda"], "Exploratory data analysis of the training split")
     data = prepare_data(cfg, run / "prepared")
 
     baseline = train("baseline", data, cfg, run / "baseline")
     candidate = train("multimodal", data, cfg, run / "multimodal")
     report = evaluate(candidate["model_path"], run / "evaluation", baseline["model_path"])
-    publish_report(report["html"], "evaluation-report", "Evaluation, errors and fairness")
+    publish_report(report["html"], REPORT_KEYS["evaluation"], "Evaluation, errors and fairness")
     deployment = optimize(candidate["model_path"], data, run / "deploy", cfg.gates)
 
     champion = current_champion(model_name, tracking_uri, run / "champion")
@@ -91,14 +94,16 @@ def retrain(
     verdict = judge(candidate["test"], deployment, cfg.gates, champion_figures, run)
     publish_figures({"candidate": candidate, "vision-only baseline": baseline})
     publish_gates(verdict)
-    reports = {"data_docs": validation["docs_index"], "eda": eda, "evaluation": report["html"]}
+    reports = {"data_docs": docs, "eda": eda, "evaluation": report["html"]}
     logged = {name: str(Path(path).parent) for name, path in reports.items()}
     training = log_run(
         tracking_uri, model_name, cfg, data, {"baseline": baseline, "multimodal": candidate},
         deployment, logged | {"release_gates": verdict["path"]},
     )  # fmt: skip
+    links = publish_logged_reports(tracking_uri, training["run_id"], reports, REPORT_KEYS)
     if not verdict["passed"]:
-        return refused(model_name, verdict, {"reports": reports, "champion": champion["version"]})
+        kept = {"reports": reports, "logged_reports": links, "champion": champion["version"]}
+        return refused(model_name, verdict, kept)
     version = register_candidate(
         model_name, tracking_uri, training, data, validation, candidate, verdict, champion,
         champion_figures,
@@ -112,6 +117,7 @@ def retrain(
         )
     record_decision(model_name, tracking_uri, version, decision.to_dict())
     outcome = {"version": version, "approved": decision.approved, "reports": reports}
+    outcome["logged_reports"] = links
     if not decision.approved:
         log.warning("version %s rejected by %s: %s", version, decision.approver, decision.reason)
         return outcome | {"champion": champion["version"]}

@@ -20,12 +20,13 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.flow_runs import resume_flow_run
 from prefect.input import keyset_from_paused_state
 from prefect.testing.utilities import prefect_test_harness
 
 from expectations.validate import DataValidationError
-from flows.retrain import REFUSED, retrain
+from flows.retrain import REFUSED, REPORT_KEYS, retrain
 from monitoring.simulate_rollout import approved_challenger
 from registry import CHALLENGER, CHAMPION, PREVIOUS, audit, open_store
 
@@ -104,6 +105,23 @@ def test_training_moves_a_progress_artifact_per_model(first_run):
             artifacts = client.read_artifacts(artifact_filter=key)
             assert [a.type for a in artifacts] == ["progress"], kind
             assert 0 < float(artifacts[0].data) <= 100  # epochs done, of the planned ones
+
+
+def test_the_reports_are_linked_at_their_copies_in_the_mlflow_run(first_run):
+    _, uri, result = first_run
+    run_id = audit(open_store(uri).client, MODEL, result["version"])["run_id"]
+    links = result["logged_reports"]
+    assert set(links) == {"data_docs", "eda", "evaluation"}
+    with get_client(sync_client=True) as client:
+        for name, key in REPORT_KEYS.items():
+            assert run_id in links[name] and links[name].startswith("file://")
+            assert Path(links[name].removeprefix("file://")).is_file(), links[name]
+            latest = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+            assert links[name] in latest[0].data  # the latest link is the logged copy
 
 
 def test_the_retrain_builds_int8_variants_only_until_one_ships(first_run):
