@@ -86,7 +86,7 @@ def in_thread(fn, *args, **kwargs):
         return pool.submit(fn, *args, **kwargs).result()
 
 
-def wait_for(settings: dict, run_id: str, done, timeout_s: float = 180):
+def wait_for(settings: dict, run_id: str, done, timeout_s: float = 300):
     """The run's state once `done(state)` holds."""
 
     def poll():

@@ -16,16 +16,16 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, Fl
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
-from flows.approval import request_approval
+from flows.approval import TIMEOUT_APPROVER, request_approval
 from tests.flows.served import SUMMARY
 
 
 @flow(name="approval-in-the-ui")
-def approval_in_the_ui():
-    return request_approval(SUMMARY, timeout_s=600)
+def approval_in_the_ui(timeout_s: int = 600):
+    return request_approval(SUMMARY, timeout_s=timeout_s)
 
 
-def run_in_background(api_url: str) -> tuple[threading.Thread, dict]:
+def run_in_background(api_url: str, timeout_s: int = 600) -> tuple[threading.Thread, dict]:
     outcome: dict = {}
 
     def target():
@@ -33,7 +33,7 @@ def run_in_background(api_url: str) -> tuple[threading.Thread, dict]:
         settings = {PREFECT_API_URL: api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
         with temporary_settings(settings):
             try:
-                outcome["decision"] = approval_in_the_ui()
+                outcome["decision"] = approval_in_the_ui(timeout_s)
             except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
                 outcome["error"] = error
 
@@ -94,3 +94,14 @@ def test_an_engineer_approves_in_the_prefect_ui(prefect_ui, browser):
     assert decision.approver == "q.engineer"
     assert decision.reason == "figures hold on every fab"
     assert all(decision.checklist.values())
+
+
+def test_a_paused_run_left_unanswered_is_rejected_at_its_deadline(prefect_ui):
+    thread, outcome = run_in_background(f"{prefect_ui}/api", timeout_s=1)
+    thread.join(timeout=120)  # Prefect checks a paused run every 10 s
+    assert not thread.is_alive(), "the paused run did not give up at its deadline"
+    if "error" in outcome:
+        raise outcome["error"]
+    decision = outcome["decision"]
+    assert not decision.approved and decision.approver == TIMEOUT_APPROVER
+    assert decision.reason == f"no decision within {1 / 3600:g} h"
