@@ -20,8 +20,12 @@ def data_dir_option(help_text: str):
 
 # Set before Prefect is first imported, unless the user set them: a fab's machines reach no
 # outside endpoint, and on a first start the local server's usage telemetry can log a
-# "database is locked" traceback.
-PREFECT_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+# "database is locked" traceback; that first start also builds the server's database,
+# which on a busy machine takes longer than Prefect's 20 s wait.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
 
 
 @click.group()

@@ -3,7 +3,7 @@ import os
 
 from click.testing import CliRunner
 
-from dieguard.cli import main
+from dieguard.cli import PREFECT_DEFAULTS, main
 from model.contract import read_split
 
 
@@ -51,10 +51,12 @@ def test_train_then_evaluate_the_smoke_model(tiny_data, tmp_path):
     assert (tmp_path / "ev" / "evaluation.html").exists()
 
 
-def test_the_cli_turns_prefect_telemetry_off_unless_the_user_chose(monkeypatch):
-    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+def test_the_cli_sets_its_prefect_defaults_unless_the_user_chose(monkeypatch):
+    for name in PREFECT_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
     CliRunner().invoke(main, ["synth"])  # a usage error, after the defaults
-    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert {name: os.environ[name] for name in PREFECT_DEFAULTS} == PREFECT_DEFAULTS
+    assert PREFECT_DEFAULTS["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
-    CliRunner().invoke(main, ["synth"])  # a usage error, after the defaults
+    CliRunner().invoke(main, ["synth"])
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
