@@ -18,10 +18,22 @@ def data_dir_option(help_text: str):
     return click.option("--data-dir", type=click.Path(exists=True, file_okay=False), help=help_text)
 
 
+# Set before Prefect is first imported, unless the user set them: a fab's machines reach no
+# outside endpoint, and on a first start the local server's usage telemetry can log a
+# "database is locked" traceback; that first start also builds the server's database,
+# which on a busy machine takes longer than Prefect's 20 s wait.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+
+
 @click.group()
 def main() -> None:
     """dieguard: multimodal inline die inspection."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 @main.command()
@@ -193,23 +205,22 @@ def retrain(config_path, model_name, tracking_uri, auto_approve, hold_for_rollou
 
     Exits 2 when the release gates refused the candidate (the champion stays).
     """
-    from flows.retrain import GateFailedError
+    from flows.retrain import REFUSED
     from flows.retrain import retrain as retrain_flow
     from registry import audit, champion, format_audit, open_store
 
     started = time.perf_counter()
-    refused = None
-    try:
-        result = retrain_flow(
-            config_path,
-            list(overrides),
-            model_name=model_name,
-            tracking_uri=tracking_uri,
-            auto_approve=auto_approve,
-            hold_for_rollout=hold_for_rollout,
-        )
-    except GateFailedError as error:
-        refused, result = error, {}
+    state = retrain_flow(
+        config_path,
+        list(overrides),
+        model_name=model_name,
+        tracking_uri=tracking_uri,
+        auto_approve=auto_approve,
+        hold_for_rollout=hold_for_rollout,
+        return_state=True,
+    )
+    result = state.result()  # raises the run's error when it failed
+    refused = result.get("refused") if state.name == REFUSED else None
     minutes = (time.perf_counter() - started) / 60
     click.echo(f"\nretrain finished in {minutes:.1f} min")
     if refused:

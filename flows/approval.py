@@ -1,13 +1,24 @@
-"""The approval step: a typed form in the Prefect UI, or an automatic decision on record."""
+"""The approval step: a typed form in the Prefect UI, or an automatic decision on record.
+
+A run started from a deployment is suspended while it waits: its process exits, nothing
+holds a machine, and the run is rescheduled when the form is submitted (the steps already
+done are read back from their persisted results). A run started by hand (`dieguard
+retrain`) pauses in its process instead. A decision not given in time is a rejection.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from prefect.flow_runs import pause_flow_run
+from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+APPROVAL_TIMEOUT_S = 7 * 24 * 3600  # a week
+TIMEOUT_APPROVER = "approval-deadline"
+DEADLINE_MARGIN_S = 3 * 3600  # the deadline sweep runs hourly: its rejection lands first
 CHECKLIST = ("reviewed_evaluation_report", "reviewed_fairness_audit", "reviewed_gate_verdicts")
 
 
@@ -56,10 +67,26 @@ def automatic_approval() -> Decision:
     return Decision(True, "auto-approve", "auto_approve=True (demo or test run)", True, checklist)
 
 
+def timeout_answer(timeout_s: float) -> dict:
+    """The answer a missed deadline submits: a rejection on record."""
+    reason = f"no decision within {timeout_s / 3600:g} h"
+    return {"approve": False, "approver": TIMEOUT_APPROVER, "reason": reason}
+
+
 def request_approval(summary_markdown: str, timeout_s: int) -> Decision:
-    """Pause the flow run until the form is submitted in the Prefect UI (or the API)."""
-    form = pause_flow_run(
-        wait_for_input=ApprovalForm.with_initial_data(description=summary_markdown),
-        timeout=timeout_s,
-    )
+    """Wait for the form in the Prefect UI (or the API); no answer in `timeout_s` rejects.
+
+    From a deployment the run is suspended (no process waits) and `flows.approval_deadlines`
+    submits the rejection when the deadline passes; Prefect's own suspension timeout, a
+    margin later, is only the backstop. By hand, the process pauses until the deadline.
+    """
+    form_type = ApprovalForm.with_initial_data(description=summary_markdown)
+    context = FlowRunContext.get()
+    if context and context.flow_run and context.flow_run.deployment_id:
+        form = suspend_flow_run(wait_for_input=form_type, timeout=timeout_s + DEADLINE_MARGIN_S)
+        return decide(form)
+    try:
+        form = pause_flow_run(wait_for_input=form_type, timeout=timeout_s)
+    except FlowPauseTimeout:
+        form = ApprovalForm(**timeout_answer(timeout_s))
     return decide(form)

@@ -2,8 +2,9 @@
 
 Run it once with `python -m flows.monitor`; every hour, as the `drift-monitor` deployment in
 prefect.yaml. When a drift family has been flagged for more than 6 consecutive hours
-(monitoring.history), it starts the `weekly-retrain` deployment, unless a run of it is
-already in progress.
+(monitoring.history), it emits `dieguard.drift.sustained`: the `weekly-retrain`
+deployment's trigger starts the retrain, and its concurrency limit of one run keeps a
+retrain already in progress the only one.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from monitoring.config import MonitorConfig
 from monitoring.drift import REPORT_FOLDER, prune_reports
 from service.log_tables import as_utc
 from tasks.monitor import (
+    announce_sustained_drift,
     champion_reference,
     measure_window,
     measure_window_drift,
     publish_checks,
     record_checks,
-    start_retrain,
 )
 from tasks.reports import publish_report
 
@@ -44,7 +45,6 @@ def monitor(
     thresholds: dict[str, float] | None = None,
     history_url: str | None = None,
     retrain_deployment: str = RETRAIN_DEPLOYMENT,
-    retrain_parameters: dict | None = None,
 ) -> dict:
     """Check the last 24 h of served decisions and the last hour's drift; retrain on
     sustained drift.
@@ -63,11 +63,11 @@ def monitor(
         now: the check's time (default: the clock).
         thresholds: MonitorConfig fields to change, e.g. {"max_escape": 0.01}.
         history_url: the history's database (default: the inspection log's).
-        retrain_deployment: the deployment to start, `<flow>/<deployment>` ("": none, the
-            sustained drift is only reported).
-        retrain_parameters: parameters of that run (default: the deployment's).
+        retrain_deployment: the deployment asked for a retrain, `<flow>/<deployment>`, named
+            in the sustained-drift event ("": no event, the sustained drift is only reported).
     Returns:
-        alerts, drifted families, sustained metrics, the retrain (or None), report paths,
+        alerts, drifted families, sustained metrics, the retrain request (the event, or
+        None), report paths,
         the window's and the drift's figures, and the reference folder judged against.
     """
     log = get_run_logger()
@@ -99,9 +99,9 @@ def monitor(
             f"{', '.join(sustained)} above threshold in more than {cfg.sustained_hours:g} "
             f"consecutive hourly checks (last at {now:%Y-%m-%d %H:%M} UTC)"
         )
-        retrain = start_retrain(
-            retrain_deployment, sustained, reason, str(folder.resolve()),
-            history_url or log_url, now, retrain_parameters,
+        retrain = announce_sustained_drift(
+            model_name, retrain_deployment, sustained, reason, str(folder.resolve()),
+            history_url or log_url, now, cfg.sustained_hours,
         )  # fmt: skip
     return {
         "alerts": [a.name for a in window.alerts],

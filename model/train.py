@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,6 +76,7 @@ def train_model(
     resume: bool = True,
     progress: bool = True,
     max_epochs: int | None = None,
+    on_epoch: Callable[[int, int, dict], None] | None = None,
 ) -> TrainResult:
     """Train one model kind, checkpointing every epoch and resuming from the last one.
 
@@ -86,6 +88,8 @@ def train_model(
         resume: continue from folder/checkpoints/last.pt when it exists.
         progress: show progress bars with live figures.
         max_epochs: stop after this many epochs in this call (a time-boxed job resumes later).
+        on_epoch: called on rank 0 after each epoch with (epochs done, epochs planned, the
+            epoch's history row), e.g. to publish progress.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this with the same arguments; rank 0
     alone touches `folder`, and every rank returns the same result.
@@ -141,6 +145,8 @@ def train_model(
         state["epoch"] = epoch + 1
         if ddp.is_main():
             save_checkpoint(last, model, optimizer, scheduler, state, average)
+            if on_epoch:
+                on_epoch(state["epoch"], len(stages), row)
             _write_history(folder / "history.csv", state["history"])
     point = None
     if state["epoch"] >= len(stages) or state["stale"] >= t.patience:  # finished: keep the best

@@ -1,8 +1,8 @@
-"""Monitoring tasks: read the windows, measure, publish, remember, and start a retrain.
+"""Monitoring tasks: read the windows, measure, publish, remember, and ask for a retrain.
 
-A retrain is started through its Prefect deployment only when no run of that deployment is
-in progress (scheduled, pending, running, paused for approval or cancelling): a monitor
-that finds one records it as the retrain of this episode instead of starting another.
+Sustained drift is announced as the Prefect event `dieguard.drift.sustained`; the
+`weekly-retrain` deployment's trigger (prefect.yaml) starts the retrain, and that
+deployment's concurrency limit keeps it to one run at a time, whoever starts it.
 """
 
 from __future__ import annotations
@@ -11,17 +11,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import MarkdownArtifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterDeploymentId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import StateType
-from prefect.deployments import run_deployment
+from prefect.events import emit_event
 
 from monitoring.config import MonitorConfig
 from monitoring.drift import DriftResult, measure_drift
@@ -29,10 +21,7 @@ from monitoring.history import History
 from monitoring.windows import WindowReport, window_report
 from service.inspection_log import InspectionLog
 
-IN_PROGRESS = (
-    StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED,
-    StateType.CANCELLING,
-)  # fmt: skip
+SUSTAINED_EVENT = "dieguard.drift.sustained"
 WINDOW_FIELDS = ("flagged", "latency_ms", "operator_notes", "model_version")
 DRIFT_FIELDS = ("die_id", "process_log", "operator_notes", "image_ref", "model_version")
 
@@ -130,59 +119,36 @@ def publish_checks(window: WindowReport, drift: DriftResult) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def start_retrain(
+def announce_sustained_drift(
+    model_name: str,
     deployment: str,
     metrics: list[str],
     reason: str,
     report: str,
     history_url: str,
     now: datetime,
-    parameters: dict | None = None,
+    hours: float,
 ) -> dict:
-    """Start the retraining deployment unless a run of it is in progress.
+    """Emit `dieguard.drift.sustained` for the model and remember it as the episode's trigger.
 
     Returns:
-        {"started": bool, "flow_run_id": the new or the running run's id, "state": its state}
+        {"event": the event's id, "metrics": what drifted, "deployment": the one asked for}
     """
-    log = get_run_logger()
-    running = runs_in_progress(deployment)
-    if running:
-        run, started = running[0], False
-        log.info("retrain %s is already %s: none started", run.id, run.state_name)
-    else:
-        run = run_deployment(
-            name=deployment,
-            parameters=parameters,
-            timeout=0,
-            flow_run_name=f"drift-{now:%Y%m%dT%H%M}",
-            tags=["drift-triggered", *(f"drift:{m.removeprefix('drift_')}" for m in metrics)],
-            idempotency_key=f"drift-monitor:{deployment}:{now:%Y%m%dT%H}",
-        )
-        started = True
-        why = f"## Started by the drift monitor\n\n{reason}\n\nReport: `{report}`"
-        MarkdownArtifact(
-            markdown=why, key="retrain-reason", description=reason, flow_run_id=run.id
-        ).create()
-        log.warning("drift sustained (%s): started retrain %s", ", ".join(metrics), run.id)
+    families = [m.removeprefix("drift_") for m in metrics]
+    event = emit_event(
+        SUSTAINED_EVENT,
+        resource={"prefect.resource.id": f"dieguard.drift.{model_name}"},
+        payload={"families": families, "hours": hours, "reason": reason, "report": report,
+                 "deployment": deployment, "checked_at": now.isoformat()},
+    )  # fmt: skip
     history = History(history_url)
     try:
-        history.record_trigger(now, metrics, reason, report, run.id, started)
+        history.record_trigger(now, metrics, reason, report, None, started=False)
     finally:
         history.close()
-    return {"started": started, "flow_run_id": str(run.id), "state": run.state_name}
-
-
-def runs_in_progress(deployment: str) -> list:
-    """The deployment's flow runs that are scheduled, pending, running, paused or cancelling."""
-    with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name(deployment)
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=[found.id]),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_PROGRESS))),
-            )
-        )
-    return list(runs)
+    get_run_logger().warning("drift sustained (%s): asked %s for a retrain", ", ".join(families),
+                             deployment)  # fmt: skip
+    return {"event": str(event.id) if event else None, "metrics": metrics, "deployment": deployment}
 
 
 def monitor_markdown(window: WindowReport, drift: DriftResult) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.bundle import export_fp32_bundle, score_bundle
 from model.config import GateConfig, RunConfig
@@ -13,9 +12,10 @@ from model.deploy import optimize_for_deployment
 from model.gates import release_gates
 from model.prepare import Prepared
 from model.quantize import write_gate
+from tasks.resume import ONCE_PER_RUN
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=ONCE_PER_RUN)
 def optimize(model_path: str, data: Prepared, out_dir: Path, limits: GateConfig) -> dict:
     """Export, quantize and parity-gate until an INT8 variant ships; the verdict with its folder.
 
@@ -39,7 +39,7 @@ def export_baseline(model_path: str, prepared_dir: Path, dest: Path) -> str:
     return str(export_fp32_bundle(model_path, prepared_dir, dest))
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=ONCE_PER_RUN)
 def score_champion(bundle: str, cfg: RunConfig) -> dict:
     """The champion's figures on this run's test dies."""
     return score_bundle(bundle, cfg)

@@ -1,4 +1,9 @@
-"""Tasks that show a run's figures, verdicts and reports as Prefect artifacts."""
+"""Tasks that show a run's figures, verdicts and reports as Prefect artifacts.
+
+A report is linked first where the flow wrote it, then, once the training run is logged,
+at its copy in the run's MLflow artifact store (S3 in production), which outlives the
+worker's disk.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from registry import open_store
 
 
 @task
@@ -37,6 +44,29 @@ def publish_gates(verdict: dict, key: str = "release-gates") -> None:
 def publish_report(path: str | Path, key: str, description: str) -> None:
     """A link to a report file (HTML) on the machine that ran the flow."""
     create_link_artifact(Path(path).resolve().as_uri(), key=key, description=description)
+
+
+@task
+def publish_logged_reports(
+    tracking_uri: str | None, run_id: str, reports: dict[str, str], keys: dict[str, str]
+) -> dict[str, str]:
+    """Links to the reports as logged with the MLflow run: `<artifact root>/<name>/<file>`.
+
+    Args:
+        tracking_uri, run_id: the MLflow store and the run the reports were logged with.
+        reports: name -> the report file, logged with its folder under `name/`.
+        keys: name -> the Prefect artifact key (the local link's, so that the logged copy
+            becomes its latest version).
+    Returns:
+        name -> the linked URI.
+    """
+    root = open_store(tracking_uri).client.get_run(run_id).info.artifact_uri.rstrip("/")
+    if "://" not in root and not root.startswith("file:"):  # a local folder
+        root = Path(root).resolve().as_uri()
+    links = {name: f"{root}/{name}/{Path(path).name}" for name, path in reports.items()}
+    for name, uri in links.items():
+        create_link_artifact(uri, key=keys[name], description=f"{name}, logged with run {run_id}")
+    return links
 
 
 def _pct(rate: dict) -> str:

@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 # A Prefect worker of the `dieguard-process` pool: it runs the flows of prefect.yaml
-# (weekly-retrain, rollout, drift-monitor) as processes in this container.
+# (weekly-retrain, rollout, drift-monitor) as processes in this container. The same image
+# is the pod of a weekly-retrain-gpu Kubernetes job: given the flow-run command as its
+# arguments, the entrypoint runs that flow run instead of a worker. It carries
+# prefect-kubernetes, so `prefect worker start --pool dieguard-gpu` runs from it too.
 # Build from the repository root:
 #   docker build -f deployments/docker/worker.Dockerfile -t dieguard-worker .
 # Set PREFECT_API_URL to the Prefect server; the deployments' pull step changes into
@@ -20,7 +23,7 @@ COPY registry/ registry/
 COPY service/ service/
 COPY monitoring/ monitoring/
 COPY expectations/ expectations/
-RUN pip install -c constraints.txt .
+RUN pip install -c constraints.txt .[kubernetes]
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \
@@ -41,9 +44,10 @@ COPY registry/ registry/
 COPY service/ service/
 COPY monitoring/ monitoring/
 COPY expectations/ expectations/
+COPY deployments/docker/worker-entrypoint.sh /usr/local/bin/dieguard-entrypoint
 RUN mkdir -p /app/runs /app/data && chown -R dieguard:dieguard /app/runs /app/data
 USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/health', timeout=2)"]
-ENTRYPOINT ["prefect", "worker", "start", "--pool", "dieguard-process", "--type", "process", "--with-healthcheck"]
+ENTRYPOINT ["dieguard-entrypoint"]

@@ -242,7 +242,9 @@ def test_dockerfiles_install_the_pinned_stack_as_a_user(name):
     else:
         project = yaml.safe_load((ROOT / "prefect.yaml").read_text())
         pools = {d["work_pool"]["name"] for d in project["deployments"]}
-        assert entry[:5] == ["prefect", "worker", "start", "--pool", "dieguard-process"]
+        assert entry == ["dieguard-entrypoint"]  # without arguments: the process worker
+        script = (DEPLOY / "docker" / "worker-entrypoint.sh").read_text()
+        assert "exec prefect worker start --pool dieguard-process --type process" in script
         assert "dieguard-process" in pools
 
 

@@ -4,6 +4,7 @@ template by Prefect's own templating (what the Kubernetes worker does before it 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,10 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import get_current_settings
 from prefect.testing.utilities import prefect_test_harness
+from prefect.utilities.processutils import command_from_string
 from prefect.utilities.templating import apply_values
+from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.fab-a.dieguard.internal/dieguard/worker:0.1.0"
@@ -96,6 +100,34 @@ def test_the_gpu_retrain_renders_a_one_gpu_job(deployed):
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
     assert container["volumeMounts"] == [{"name": shm["name"], "mountPath": "/dev/shm"}]
     assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_gpu_job_runs_the_flow_run_command(deployed, tmp_path):
+    """Rendered as the Kubernetes worker renders it, the pod's effective command (the
+    image's entrypoint with the container's args) is the flow-run command, not a worker."""
+    found = read(lambda c: c.read_deployments())
+    (gpu,) = [d for d in found if d.name == "weekly-retrain-gpu"]
+    pool = read(lambda c: c.read_work_pool("dieguard-gpu"))
+    config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(
+        pool.base_job_template, gpu.job_variables
+    ))  # fmt: skip
+    run = FlowRun(flow_id=gpu.flow_id, deployment_id=gpu.id, name="gpu-run")
+    config.prepare_for_flow_run(run, gpu)
+    (container,) = config.job_manifest["spec"]["template"]["spec"]["containers"]
+    assert "command" not in container  # the image's entrypoint stays
+    flow_run_command = command_from_string(config._base_flow_run_command())
+    assert container["args"] == flow_run_command == ["prefect", "flow-run", "execute"]
+    assert {"name": "PREFECT__FLOW_RUN_ID", "value": str(run.id)} in container["env"]
+
+    stub = tmp_path / "prefect"  # stands in for the CLI: says what it was asked to run
+    stub.write_text('#!/bin/sh\necho "prefect $*"\n')
+    stub.chmod(0o755)
+    entrypoint = ROOT / "deployments" / "docker" / "worker-entrypoint.sh"
+    ran = subprocess.run(
+        [str(entrypoint), *container["args"]], capture_output=True, text=True, timeout=30,
+        env=os.environ | {"PATH": f"{tmp_path}:{os.environ['PATH']}"}, check=True,
+    )  # fmt: skip
+    assert ran.stdout.strip() == "prefect flow-run execute"
 
 
 def test_the_server_refuses_job_variables_outside_the_pools_schema(deployed):

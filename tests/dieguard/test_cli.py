@@ -1,8 +1,9 @@
 import json
+import os
 
 from click.testing import CliRunner
 
-from dieguard.cli import main
+from dieguard.cli import PREFECT_DEFAULTS, main
 from model.contract import read_split
 
 
@@ -48,3 +49,14 @@ def test_train_then_evaluate_the_smoke_model(tiny_data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "escape" in result.output and "a sub-1% escape rate cannot be" in result.output
     assert (tmp_path / "ev" / "evaluation.html").exists()
+
+
+def test_the_cli_sets_its_prefect_defaults_unless_the_user_chose(monkeypatch):
+    for name in PREFECT_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    CliRunner().invoke(main, ["synth"])  # a usage error, after the defaults
+    assert {name: os.environ[name] for name in PREFECT_DEFAULTS} == PREFECT_DEFAULTS
+    assert PREFECT_DEFAULTS["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
+    CliRunner().invoke(main, ["synth"])
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"

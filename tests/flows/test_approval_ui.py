@@ -1,78 +1,31 @@
 """The approval form in the real Prefect UI: a quality engineer opens the paused run in a
 browser, fills in the form and submits it, and the flow resumes with that decision.
 
-The Prefect test harness serves the API only, so this module starts `prefect server start`
-(API and UI) on a loopback port with its own home folder.
+The flow runs here, in a thread: a run started by hand pauses in its process (a run from a
+deployment is suspended instead: test_suspension).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
-from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
-from flows.approval import request_approval
-from service.embedded import answers_ok
-from tests.conftest import free_port
-
-SUMMARY = "### Approve dieguard-test version 7\n\nescape rate 0.42 %, FPR 11.3 %"
-
-
-@pytest.fixture(scope="module")
-def prefect_ui(tmp_path_factory) -> str:
-    """A Prefect server with its UI on a free loopback port; yields its base URL."""
-    port = free_port()
-    home = tmp_path_factory.mktemp("prefect_home")
-    env = os.environ | {
-        "PREFECT_HOME": str(home),
-        "PREFECT_UI_ENABLED": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-    }
-    command = [sys.executable, "-m", "prefect", "server", "start"]
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, server, home / "server.log")
-        yield url
-    finally:
-        EventsWorker.drain_all()  # the flow's events, sent before the server goes away
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    if answers_ok(f"{url}/api/health", timeout_s, 1.0, alive=lambda: server.poll() is None):
-        return
-    if server.poll() is not None:
-        raise RuntimeError(f"the Prefect server exited:\n{log.read_text()[-2000:]}")
-    raise TimeoutError(f"the Prefect server did not answer within {timeout_s} s")
+from flows.approval import TIMEOUT_APPROVER, request_approval
+from tests.flows.served import SUMMARY
 
 
 @flow(name="approval-in-the-ui")
-def approval_in_the_ui():
-    return request_approval(SUMMARY, timeout_s=600)
+def approval_in_the_ui(timeout_s: int = 600):
+    return request_approval(SUMMARY, timeout_s=timeout_s)
 
 
-def run_in_background(api_url: str) -> tuple[threading.Thread, dict]:
+def run_in_background(api_url: str, timeout_s: int = 600) -> tuple[threading.Thread, dict]:
     outcome: dict = {}
 
     def target():
@@ -80,7 +33,7 @@ def run_in_background(api_url: str) -> tuple[threading.Thread, dict]:
         settings = {PREFECT_API_URL: api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
         with temporary_settings(settings):
             try:
-                outcome["decision"] = approval_in_the_ui()
+                outcome["decision"] = approval_in_the_ui(timeout_s)
             except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
                 outcome["error"] = error
 
@@ -141,3 +94,14 @@ def test_an_engineer_approves_in_the_prefect_ui(prefect_ui, browser):
     assert decision.approver == "q.engineer"
     assert decision.reason == "figures hold on every fab"
     assert all(decision.checklist.values())
+
+
+def test_a_paused_run_left_unanswered_is_rejected_at_its_deadline(prefect_ui):
+    thread, outcome = run_in_background(f"{prefect_ui}/api", timeout_s=1)
+    thread.join(timeout=120)  # Prefect checks a paused run every 10 s
+    assert not thread.is_alive(), "the paused run did not give up at its deadline"
+    if "error" in outcome:
+        raise outcome["error"]
+    decision = outcome["decision"]
+    assert not decision.approved and decision.approver == TIMEOUT_APPROVER
+    assert decision.reason == f"no decision within {1 / 3600:g} h"

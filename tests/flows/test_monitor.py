@@ -1,20 +1,18 @@
-"""The drift-monitor flow end to end: real Prefect (a throwaway server with a real
-`weekly-retrain` deployment of a stand-in flow), a real inspection log and image store on
-disk, real Evidently, real history tables."""
+"""The drift-monitor flow end to end: real Prefect (a throwaway server and its events), a
+real inspection log and image store on disk, real Evidently, real history tables. What the
+sustained-drift event starts is test_drift_trigger's part."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from mlflow.exceptions import MlflowException
-from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    FlowRunFilter,
-    FlowRunFilterDeploymentId,
 )
 from prefect.testing.utilities import prefect_test_harness
 
@@ -25,6 +23,7 @@ from monitoring.history import History
 from registry import Split, open_store, promote, register
 from service.image_store import ImageStore
 from service.inspection_log import InspectionLog
+from tasks.monitor import SUSTAINED_EVENT
 from tests.monitoring.test_drift import window_records
 from tests.registry.fake_run import KIND, build_run, log_fake_run
 
@@ -34,15 +33,9 @@ DEPLOYMENT = "weekly-retrain/weekly-retrain"
 FAST = {"max_reference_dies": 150}  # thresholds: a smaller reference sample
 
 
-@flow(name="weekly-retrain")
-def stand_in_retrain(config: str = "configs/cpu.yaml", model_name: str = "dieguard") -> None:
-    """The deployment the monitor starts; no worker runs it, so its runs stay Scheduled."""
-
-
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
     with prefect_test_harness(server_startup_timeout=120):
-        stand_in_retrain.to_deployment(name="weekly-retrain").apply()
         yield
 
 
@@ -115,13 +108,16 @@ def flagged_hours(url: str, last: datetime, hours: int) -> None:
     history.close()
 
 
-def retrain_runs() -> list:
+def drift_events(count: int = 0, timeout_s: float = 30) -> list[dict]:
+    """The sustained-drift events on the server, once there are `count` (0: as they are)."""
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name(DEPLOYMENT)
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[found.id]))
-        )
-    return list(runs)
+        while True:
+            query = {"filter": {"event": {"name": [SUSTAINED_EVENT]}}, "limit": 50}
+            events = client.request("POST", "/events/filter", json=query).json()["events"]
+            if len(events) >= count or time.monotonic() > deadline:
+                return events
+            time.sleep(0.5)
 
 
 def artifacts(flow_run_id) -> dict:
@@ -150,40 +146,36 @@ def test_a_clean_hour_publishes_reports_and_starts_nothing(site, tmp_path):
     assert [c["flagged"] for c in history.series("drift_process")] == [False]
     assert {"escape_rate", "fpr", "latency_p99_ms", "drift_notes"} <= set(history.metrics())
     history.close()
-    assert retrain_runs() == []
+    assert drift_events() == []
 
 
-def test_sustained_drift_starts_one_retrain(site, tmp_path):
+def test_sustained_drift_emits_one_event_per_episode(site, tmp_path):
     history_url = f"sqlite:///{tmp_path / 'history.db'}"
     drifted_at = NOW + 7 * HOUR
     flagged_hours(history_url, drifted_at - HOUR, 6)
-    result, _ = run_monitor(site, tmp_path, drifted_at, history_url)
+    result, run_id = run_monitor(site, tmp_path, drifted_at, history_url)
     assert result["drifted"] == ["process"] and result["sustained"] == ["drift_process"]
-    assert result["retrain"]["started"] is True
-    runs = retrain_runs()
-    assert [str(r.id) for r in runs] == [result["retrain"]["flow_run_id"]]
-    assert runs[0].state.is_scheduled()
-    assert {"drift-triggered", "drift:process"} <= set(runs[0].tags)
-    reason = artifacts(runs[0].id)["retrain-reason"].data
-    assert "drift_process" in reason and str(tmp_path / "reports") in reason
+    assert result["retrain"]["deployment"] == DEPLOYMENT
+    [event] = drift_events(1)
+    assert event["id"] == result["retrain"]["event"]
+    assert event["resource"]["prefect.resource.id"] == "dieguard.drift.dieguard"
+    assert event["payload"]["families"] == ["process"] and event["payload"]["hours"] == 6
+    assert str(tmp_path / "reports") in event["payload"]["report"]
+    assert str(run_id) in str(event["related"])  # tied to the monitor's run
 
-    # The next check: still drifted, but this episode has its retrain.
+    # The next check: still drifted, but this episode has asked for its retrain.
     again, _ = run_monitor(site, tmp_path, drifted_at + timedelta(minutes=1), history_url)
     assert again["drifted"] == ["process"] and again["retrain"] is None
-    assert len(retrain_runs()) == 1
+    assert len(drift_events(2, timeout_s=5)) == 1
+    last = History(history_url).last_trigger()
+    assert last["metrics"] == ["drift_process"] and "drift_process" in last["reason"]
 
-    # Another monitor (its own history) finds the Scheduled run and starts nothing.
-    other = f"sqlite:///{tmp_path / 'other.db'}"
-    flagged_hours(other, drifted_at - HOUR, 6)
-    joined, _ = run_monitor(site, tmp_path, drifted_at, other)
-    assert joined["retrain"] == {
-        "started": False,
-        "flow_run_id": result["retrain"]["flow_run_id"],
-        "state": "Scheduled",
-    }
-    assert len(retrain_runs()) == 1
-    last = History(other).last_trigger()
-    assert last["started"] is False and last["flow_run_id"] == result["retrain"]["flow_run_id"]
+    # With no deployment to ask, sustained drift is only reported.
+    quiet = f"sqlite:///{tmp_path / 'quiet.db'}"
+    flagged_hours(quiet, drifted_at - HOUR, 6)
+    silent, _ = run_monitor(site, tmp_path, drifted_at, quiet, retrain_deployment="")
+    assert silent["sustained"] == ["drift_process"] and silent["retrain"] is None
+    assert len(drift_events(2, timeout_s=5)) == 1
 
 
 def test_without_a_reference_the_champions_training_split_is_judged_against(

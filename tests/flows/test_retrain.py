@@ -11,14 +11,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.flow_runs import resume_flow_run
 from prefect.input import keyset_from_paused_state
 from prefect.testing.utilities import prefect_test_harness
 
 from expectations.validate import DataValidationError
-from flows.retrain import GateFailedError, retrain
+from flows.retrain import REFUSED, REPORT_KEYS, retrain
 from monitoring.simulate_rollout import approved_challenger
 from registry import CHALLENGER, CHAMPION, PREVIOUS, audit, download_bundle, open_store
 
@@ -90,6 +98,32 @@ def test_first_run_makes_the_cnn_then_the_candidate_champion(first_run):
     assert params["model.img_size"] == "32"
 
 
+def test_training_moves_a_progress_artifact_per_model(first_run):
+    with get_client(sync_client=True) as client:
+        for kind in ("baseline", "multimodal"):
+            key = ArtifactFilter(key=ArtifactFilterKey(any_=[f"training-{kind}"]))
+            artifacts = client.read_artifacts(artifact_filter=key)
+            assert [a.type for a in artifacts] == ["progress"], kind
+            assert 0 < float(artifacts[0].data) <= 100  # epochs done, of the planned ones
+
+
+def test_the_reports_are_linked_at_their_copies_in_the_mlflow_run(first_run):
+    _, uri, result = first_run
+    run_id = audit(open_store(uri).client, MODEL, result["version"])["run_id"]
+    links = result["logged_reports"]
+    assert set(links) == {"data_docs", "eda", "evaluation"}
+    with get_client(sync_client=True) as client:
+        for name, key in REPORT_KEYS.items():
+            assert run_id in links[name] and links[name].startswith("file://")
+            assert Path(links[name].removeprefix("file://")).is_file(), links[name]
+            latest = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+            assert links[name] in latest[0].data  # the latest link is the logged copy
+
+
 def test_the_retrain_builds_int8_variants_only_until_one_ships(first_run):
     out, _, _ = first_run
     verdict = json.loads((out / "first" / "deploy" / "int8_gate.json").read_text())
@@ -107,18 +141,43 @@ def test_the_champion_bundle_carries_each_stations_variant(first_run, tmp_path):
     assert (folder / "model.fp16.operating_point.json").is_file()
 
 
-def test_a_failing_gate_aliases_nothing(tiny_data, registry_copy, tmp_path):
+def test_a_failing_gate_ends_refused_and_aliases_nothing(tiny_data, registry_copy, tmp_path):
     before = aliases(registry_copy)
-    with pytest.raises(GateFailedError, match="fp32_fpr|fp32_escape"):
-        retrain(
-            "configs/smoke.yaml",
-            overrides(tiny_data, tmp_path, "gated", "gates.max_fpr=0.0", "gates.max_escape=0.0"),
-            model_name=MODEL,
-            tracking_uri=registry_copy,
-            auto_approve=True,
-        )
+    state = retrain(
+        "configs/smoke.yaml",
+        overrides(tiny_data, tmp_path, "gated", "gates.max_fpr=0.0", "gates.max_escape=0.0"),
+        model_name=MODEL,
+        tracking_uri=registry_copy,
+        auto_approve=True,
+        return_state=True,
+    )
+    assert state.is_completed() and state.name == REFUSED
+    assert "fp32_fpr" in state.message or "fp32_escape" in state.message
+    assert "release gates refused" in state.result()["refused"]
+    assert_refusal_on_record(state.state_details.flow_run_id)
     assert aliases(registry_copy) == before
     assert len(open_store(registry_copy).client.search_model_versions(f"name='{MODEL}'")) == 2
+
+
+def assert_refusal_on_record(flow_run_id) -> None:
+    """The verdict artifact and the refusal event, both tied to the run."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        assert "Release gates FAILED." in {a.key: a.description for a in artifacts}["release-gates"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            events = client.request(
+                "POST", "/events/filter", json={"filter": {"event": {"name": [REFUSED_EVENT]}}}
+            ).json()["events"]
+            if any(str(flow_run_id) in str(e["related"]) for e in events):
+                return
+            time.sleep(1)
+    raise AssertionError("no dieguard.retrain.refused event for the run")
+
+
+REFUSED_EVENT = "dieguard.retrain.refused"
 
 
 def test_an_approved_version_can_wait_as_challenger_for_its_rollout(

@@ -1,0 +1,136 @@
+"""Approval by suspension against a real Prefect server (API and UI): a run waiting for its
+form holds no process, the form submitted in the UI reschedules it and it finishes without
+repeating the step before the approval; a missed deadline rejects it.
+
+The flow is served by `flow.serve` in a child process (a deployment, as suspension needs),
+so its runs start in processes of their own that the test can look for.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from prefect.deployments import run_deployment
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_LOCAL_STORAGE_PATH,
+    PREFECT_LOGGING_TO_API_ENABLED,
+    temporary_settings,
+)
+
+from flows.approval import TIMEOUT_APPROVER
+from flows.approval_deadlines import approval_deadlines
+from tests.flows.conftest import in_thread, serving, wait_for
+
+DEPLOYMENT = "suspendable-approval/suspendable"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(prefect_ui, tmp_path_factory):
+    """The flow served from a child process; yields the UI's URL and the client settings."""
+    storage = tmp_path_factory.mktemp("results")
+    api = f"{prefect_ui}/api"
+    code = "from tests.flows.served import suspendable_approval as f; f.serve('suspendable')"
+    settings = {PREFECT_API_URL: api, PREFECT_LOCAL_STORAGE_PATH: storage,
+                PREFECT_LOGGING_TO_API_ENABLED: False}  # fmt: skip
+    with serving(code, api, storage):
+        yield prefect_ui, settings
+
+
+def start(settings: dict, deployment: str = DEPLOYMENT, **parameters) -> str:
+    """Start a run of the served deployment (once the runner has registered it); its id."""
+
+    def go():
+        with temporary_settings(settings):
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    return str(run_deployment(deployment, parameters=parameters, timeout=0).id)
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+
+    return in_thread(go)
+
+
+def result(settings: dict, state) -> dict:
+    def read():
+        with temporary_settings(settings):
+            return state.result()
+
+    return in_thread(read)
+
+
+def processes_of(run_id: str) -> list[int]:
+    """The ids of the processes started for a flow run (from the process table)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def suspended(state) -> bool:
+    return state.name == "Suspended"
+
+
+def finished(state) -> bool:
+    return state.is_final()
+
+
+def test_a_suspended_run_holds_no_process_and_resumes_from_the_ui(served, browser, tmp_path):
+    ui, settings = served
+    marker = tmp_path / "runs.txt"
+    run_id = start(settings, marker=str(marker))
+    wait_for(settings, run_id, suspended)
+    deadline = time.monotonic() + 30
+    while processes_of(run_id) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the run's process exits right after the suspension
+    assert processes_of(run_id) == []
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{ui}/runs/flow-run/{run_id}")
+        page.get_by_role("button", name="Resume").first.click(timeout=60_000)
+        form = page.get_by_role("dialog")
+        form.get_by_text("Approve dieguard-test version 7").wait_for(timeout=30_000)
+        switches = form.get_by_role("switch")
+        for i in range(switches.count()):  # approve and the three checklist items
+            switches.nth(i).click()
+        approver, reason = form.locator("textarea").all()
+        approver.fill("q.engineer")
+        reason.fill("figures hold on every fab")
+        form.get_by_role("button", name="Submit").click()
+        state = wait_for(settings, run_id, finished)
+    finally:
+        page.close()
+    assert state.is_completed(), state.message
+    outcome = result(settings, state)
+    assert outcome["approved"] and outcome["approver"] == "q.engineer"
+    assert outcome["runs_before"] == 1
+    assert marker.read_text().splitlines() == ["ran"]  # the resumed run did not repeat it
+
+
+def test_a_missed_deadline_rejects_the_suspended_run(served, tmp_path):
+    _, settings = served
+    marker = tmp_path / "runs.txt"
+    run_id = start(settings, marker=str(marker), approval_timeout_s=1)
+    wait_for(settings, run_id, suspended)
+
+    def sweep():
+        with temporary_settings(settings):
+            return approval_deadlines(flow_name="suspendable-approval")
+
+    assert in_thread(sweep) == [run_id]
+    state = wait_for(settings, run_id, finished)
+    assert state.is_completed(), state.message
+    outcome = result(settings, state)
+    assert not outcome["approved"] and outcome["approver"] == TIMEOUT_APPROVER
+    assert outcome["reason"] == f"no decision within {1 / 3600:g} h"
+    assert marker.read_text().splitlines() == ["ran"]
