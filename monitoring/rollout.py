@@ -1,9 +1,11 @@
 """The staged rollout's rules: its configuration, its stages, and each stage's verdict.
 
 A challenger runs in shadow first, then decides a growing share of the dies (optionally a
-5% canary for 48 h first, then 10%, 25%, 50%, 100%). `decide_stage` judges one stage from
-the challenger-decided dies that operators labelled: promote, hold or roll back. Pure: the
-caller gives the time, so a simulation can run on a compressed clock.
+5% canary for 48 h first, then 10%, 25%, 50%, 100%). `decide_stage` weighs the evidence:
+every labelled die the challenger scored since the rollout began, shadow or deciding, with
+Clopper-Pearson bounds checked at every check (a sequential rule). `judge_check` turns it
+into one check's move for a stage: advance, hold, roll back or stop. Pure: the caller gives
+the time, so a simulation can run on a compressed clock.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class RolloutConfig:
     rollback_window_s: float = 4 * HOUR
     rollback_min_defective: int = 50  # defective labelled dies a window needs to count
     check_interval_s: float = 900.0  # how often a running stage is judged
-    max_holds: int = 12  # re-checks after a stage's window before the rollout stops
+    max_holds: int = 12  # check intervals past a stage's window before the rollout stops
+    min_decided: int = 100  # labelled dies the challenger decided in a stage to advance it
+    lease_s: float = 3600.0  # the rollout's lease: every check renews it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(float(s) for s in self.stages))
@@ -64,6 +68,8 @@ class RolloutConfig:
         for name in ("stage_window_s", "shadow_window_s", "canary_window_s", "check_interval_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lease_s <= self.check_interval_s:
+            raise ValueError(f"lease_s must exceed check_interval_s, got {self.lease_s}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,6 +126,7 @@ class Outcome:
     at: datetime
     label: int
     flagged: bool
+    decided: bool = False  # the challenger's decision was the one served
 
     @property
     def defective(self) -> bool:
@@ -150,7 +157,8 @@ def challenger_outcomes(
         mine = [d for d in record["decisions"] if _is_challenger(d, version)]
         if mine:
             ids = record["die_id"], record["inspection_id"], record["received_at"]
-            found.append(Outcome(*ids, label, bool(mine[-1]["flagged"])))
+            decided = record["served_by"] == CANDIDATE_ROLE
+            found.append(Outcome(*ids, label, bool(mine[-1]["flagged"]), decided))
     return sorted(found, key=lambda o: o.at)
 
 
@@ -206,6 +214,37 @@ def decide_stage(outcomes: list[Outcome], config: RolloutConfig, now: datetime) 
         return StageDecision("promote", why + f"{fpr['hi']:.2%}): under the gates", figures)
     why = f"undecided: upper bounds escape {escape['hi']:.2%} (gate {config.max_escape:.1%}), "
     return StageDecision("hold", why + f"FPR {fpr['hi']:.2%} (gate {config.max_fpr:.1%})", figures)
+
+
+def judge_check(
+    stage: Stage, outcomes: list[Outcome], entered: datetime, now: datetime, cfg: RolloutConfig
+) -> StageDecision:
+    """One check of a stage entered at `entered`, on every labelled die the challenger scored.
+
+    Rollback as soon as the evidence says so (decide_stage). Shadow advances ("promote")
+    once its window has passed. A deciding stage advances as soon as the evidence clears both
+    gates and the challenger itself decided `min_decided` labelled dies in it (what only real
+    traffic shows); it stops ("stop") when still undecided `max_holds` check intervals past
+    its window. Anything else holds.
+    """
+    decision = decide_stage(outcomes, cfg, now)
+    if decision.action == "rollback":
+        return decision
+    elapsed, figures = (now - entered).total_seconds(), decision.figures
+    if stage.mode == "shadow":
+        if elapsed < stage.window_s:
+            return StageDecision("hold", f"shadow for {stage.window_s:.0f} s", figures)
+        return StageDecision("promote", f"shadow: {decision.reason}", figures)
+    decided = sum(o.decided and entered <= o.at <= now for o in outcomes)
+    figures = figures | {"decided_in_stage": decided}
+    if decision.action == "promote" and decided >= cfg.min_decided:
+        return StageDecision("promote", decision.reason, figures)
+    why = decision.reason if decision.action == "hold" else f"{decided} dies decided here"
+    why += f" ({cfg.min_decided} decided in the stage needed)" if decided < cfg.min_decided else ""
+    overdue = elapsed - stage.window_s
+    if overdue > cfg.max_holds * cfg.check_interval_s:
+        return StageDecision("stop", f"undecided {overdue:.0f} s past the window: {why}", figures)
+    return StageDecision("hold", why, figures)
 
 
 def worst_window(defective: list[Outcome], config: RolloutConfig) -> dict | None:
