@@ -95,6 +95,7 @@ def test_no_route_leads_to_a_version_that_may_not_serve(rollout_service, service
     assert decided_by(rollout_service, dies[0], "champion")
 
 
+@pytest.mark.slow  # the rollout's own Prefect server starts in the killed process
 def test_a_lapsed_lease_sends_every_die_back_to_the_champion(rollout_service, tmp_path, dies):
     """The rollout process is killed mid-stage: within its lease the champion decides again."""
     lease_s = 6.0
@@ -104,12 +105,13 @@ def test_a_lapsed_lease_sends_every_die_back_to_the_champion(rollout_service, tm
     where += ["--log-url", rollout_service.config.log_url, "--model-name", MODEL_NAME]
     out = (tmp_path / "rollout.log").open("w")
     env = os.environ | {"PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "240"  # a busy machine
     process = subprocess.Popen(
         [*command, *where, *settings], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
         start_new_session=True,  # its own group: the flow's Prefect server dies with it
     )  # fmt: skip
     try:
-        wait_for(lambda: decided_by(rollout_service, dies[0], "candidate"), timeout_s=120)
+        wait_for(lambda: decided_by(rollout_service, dies[0], "candidate"), timeout_s=300)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
