@@ -201,19 +201,28 @@ def decide_stage(outcomes: list[Outcome], config: RolloutConfig, now: datetime) 
     if window is not None and window["rate"] > config.rollback_escape:
         why = f"escape rate {_share(window)} in the window {window['start']} - {window['end']}"
         return StageDecision("rollback", f"{why} is over {config.rollback_escape:.1%}", figures)
-    if len(seen) < config.min_labels or len(defective) < config.min_defective:
-        why = f"too few labels: {len(seen)} labelled dies ({len(defective)} defective), "
-        need = f"{config.min_labels} ({config.min_defective} defective) needed"
-        return StageDecision("hold", why + need, figures)
+    action, why = bounds_verdict(escape, fpr, len(seen), config)
+    return StageDecision(action, why, figures)
+
+
+def bounds_verdict(escape: dict, fpr: dict, labelled: int, config: RolloutConfig) -> tuple:
+    """The sequential rule on the counts so far: (action, why). Hold below the label
+    minimums; roll back when a lower bound is over its gate; promote when both upper bounds
+    are under theirs; hold otherwise."""
+    if labelled < config.min_labels or escape["n"] < config.min_defective:
+        why = f"too few labels: {labelled} labelled dies ({escape['n']} defective), "
+        return "hold", why + f"{config.min_labels} ({config.min_defective} defective) needed"
     for name, r, limit in (("escape", escape, config.max_escape), ("FPR", fpr, config.max_fpr)):
         if r["lo"] > limit:
-            why = f"{name} {_share(r)}: its lower bound {r['lo']:.2%} is over {limit:.1%}"
-            return StageDecision("rollback", why, figures)
+            return (
+                "rollback",
+                f"{name} {_share(r)}: its lower bound {r['lo']:.2%} is over {limit:.1%}",
+            )
     if escape["hi"] < config.max_escape and fpr["hi"] < config.max_fpr:
         why = f"escape {_share(escape)} (upper {escape['hi']:.2%}), FPR {_share(fpr)} (upper "
-        return StageDecision("promote", why + f"{fpr['hi']:.2%}): under the gates", figures)
+        return "promote", why + f"{fpr['hi']:.2%}): under the gates"
     why = f"undecided: upper bounds escape {escape['hi']:.2%} (gate {config.max_escape:.1%}), "
-    return StageDecision("hold", why + f"FPR {fpr['hi']:.2%} (gate {config.max_fpr:.1%})", figures)
+    return "hold", why + f"FPR {fpr['hi']:.2%} (gate {config.max_fpr:.1%})"
 
 
 def judge_check(
