@@ -146,7 +146,10 @@ def rollout_step(r: _Rollout) -> Step:
     decision = judge_check(stage, outcomes, entered, now, r.config)
     get_run_logger().info("%s: %s, %s", stage.name, decision.action, decision.reason)
     if decision.action == "hold":
-        renew(r.model_name, r.tracking_uri, r.version, r.config.lease_s, now)
+        try:
+            renew(r.model_name, r.tracking_uri, r.version, r.config.lease_s, now)
+        except LookupError as err:  # stopped by hand since the state was read
+            return Step(stage.name, StageDecision("hold", str(err)), "interrupted")
         return Step(stage.name, decision)
     if decision.action == "promote" and index + 1 < len(plan):
         nxt = plan[index + 1]

@@ -71,7 +71,7 @@ def enter_stage(
     )  # fmt: skip
 
 
-@task(**RETRY)
+@task(cache_policy=NO_CACHE)  # a lost state is an answer, not a failure to retry
 def renew(model_name: str, tracking_uri: str | None, version: str, lease_s: float, now) -> str:
     """Renew the rollout's lease (LookupError: the rollout state is gone or someone else's)."""
     return renew_lease(open_store(tracking_uri).client, model_name, version, lease_s, now)
