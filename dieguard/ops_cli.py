@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import click
+from mlflow.exceptions import MlflowException
 
 from dieguard.service_cli import MODEL_NAME, TRACKING
 
@@ -44,18 +45,29 @@ def rollout_start(version, config_path, model_name, tracking_uri, log_url, overr
     """Shadow the challenger, then let it decide 10/25/50/100% of dies; promote or roll back.
 
     Overrides are `key=value` rollout settings, e.g. `stage_window_s=60`. Exits 3 when the
-    challenger was rolled back.
+    challenger was rolled back, 4 when the version may not serve (not approved, rejected,
+    rolled back, gates failed), naming the reason.
     """
     from flows.rollout import rollout as rollout_flow
+    from registry import CHALLENGER, NotServable, open_store, require_servable, resolve
 
-    result = rollout_flow(
-        model_name=model_name,
-        tracking_uri=tracking_uri,
-        log_url=log_url,
-        version=version,
-        config=config_path,
-        overrides=list(overrides),
-    )
+    client = open_store(tracking_uri).client
+    try:
+        target = str(resolve(client, model_name, version or CHALLENGER).version)
+        require_servable(client, model_name, target)  # before a flow run starts
+        result = rollout_flow(
+            model_name=model_name,
+            tracking_uri=tracking_uri,
+            log_url=log_url,
+            version=version,
+            config=config_path,
+            overrides=list(overrides),
+        )
+    except NotServable as err:
+        click.echo(f"Error: {err}", err=True)
+        raise SystemExit(4) from err
+    except MlflowException as err:
+        raise click.ClickException(f"{model_name} {version or CHALLENGER}: {err.message}") from err
     click.echo(f"version {result['version']}: {result['outcome']} ({result['reason']})")
     click.echo(f"champion: version {result['champion']}")
     if result["outcome"] == "rolled-back":
@@ -88,6 +100,34 @@ def rollout_stop(reason, model_name, tracking_uri) -> None:
         raise click.ClickException("no rollout in progress")
     clear_rollout(client, model_name, f"stopped by an operator: {reason}")
     click.echo("rollout stopped; the champion serves every die")
+
+
+@click.command()
+@click.argument("model_name")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why: recorded on the version.")
+@click.option(
+    "--approver",
+    envvar=["DIEGUARD_APPROVER", "USER"],
+    required=True,
+    help="Your name or badge id (recorded; default: $DIEGUARD_APPROVER, $USER).",
+)
+@TRACKING
+def reject(model_name, version, reason, approver, tracking_uri) -> None:
+    """Reject MODEL_NAME VERSION: it loses the challenger alias and may never serve."""
+    from registry import open_store
+    from registry import reject as reject_version
+    from registry.model_card import write_model_card
+
+    client = open_store(tracking_uri).client
+    try:
+        reject_version(client, model_name, version, approver, reason)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    except MlflowException as err:
+        raise click.ClickException(f"{model_name} version {version}: {err.message}") from err
+    write_model_card(client, model_name, version)
+    click.echo(f"{model_name} version {version} rejected by {approver}: {reason}")
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -226,4 +266,4 @@ def simulate(url, station_key, operator_key, serve, clean_dir, drifted_dir, hour
         raise SystemExit(3)
 
 
-COMMANDS = (rollout, monitor, simulate)
+COMMANDS = (rollout, reject, monitor, simulate)

@@ -127,7 +127,8 @@ def retrain(
     if hold_for_rollout:
         log.info("version %s approved: challenger until a rollout promotes it", version)
         return outcome | {"champion": champion["version"]}
-    promote_version(model_name, tracking_uri, version, f"approved by {decision.approver}")
+    why = f"approved by {decision.approver}"
+    promote_version(model_name, tracking_uri, version, why, champion["version"])
     return outcome | {"champion": version}
 
 

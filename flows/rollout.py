@@ -1,15 +1,18 @@
 """The staged rollout: shadow, canary stages, then promotion, or an automatic rollback.
 
-The challenger (default: the `challenger` alias) first runs in shadow beside the champion;
-the comparison is published as a markdown artifact and ``shadow.*`` version tags. It then
-decides 10%, 25%, 50% and 100% of the dies in turn (a 5% canary first when configured).
-Each stage is judged every `check_interval_s` (monitoring.rollout.decide_stage): a rollback
-ends the rollout at once; a promotion waits for the stage's window to pass; a stage still
-undecided after its window is re-checked `max_holds` times, then the rollout stops (the
-champion alone serves again: an unproven challenger does not keep deciding dies). After
-100% the challenger becomes champion. Clearing the rollout state by hand (an operator's stop)
-interrupts the flow at its next check. The service follows each step through the registry's
-rollout state; each step is a registry event and a Prefect event ``dieguard.rollout.<step>``.
+The challenger (default: the `challenger` alias; only a version the registry's serving rule
+allows) first runs in shadow beside the champion for the shadow window; the comparison is
+published as a markdown artifact and ``shadow.*`` version tags. It then decides 10%, 25%,
+50% and 100% of the dies in turn (a 5% canary first when configured). After 100% it is
+promoted, provided the champion is still the one it was judged against.
+
+The rollout is a series of steps (`rollout_step`): read the rollout state, take at most one
+decision (monitoring.rollout.judge_check: advance, hold, roll back or stop), renew the
+lease, return. This flow drives the steps every `check_interval_s`; each step is safe to
+run from a fresh process, since everything it needs is in the registry's rollout state. A
+rollback withdraws the challenger (no alias, never served again). Clearing the rollout
+state by hand (an operator's stop) ends the flow at its next step. When the flow dies, its
+lease lapses and the service routes every die to the champion again.
 
 Run it with `python -m flows.rollout`, or as the `rollout` deployment in prefect.yaml.
 """
@@ -27,7 +30,7 @@ from monitoring.rollout import (
     RolloutConfig,
     Stage,
     StageDecision,
-    decide_stage,
+    judge_check,
     load_rollout_config,
     stage_plan,
 )
@@ -40,26 +43,37 @@ from tasks.rollout import (
     enter_stage,
     publish_shadow,
     read_outcomes,
+    renew,
     resolve_versions,
     shadow_report,
+    withdraw_version,
 )
 
 
 @dataclass(frozen=True)
 class _Rollout:
-    """What every step needs: where things are, the versions, the rules and the clock."""
+    """What every step needs: where things are, the version, the rules and the clock."""
 
     model_name: str
     tracking_uri: str | None
     log_url: str
     version: str
-    champion: str
     config: RolloutConfig
     clock: Callable[[], datetime]
-    sleep: Callable[[float], None]
 
     def announce(self, step: str, payload: dict) -> None:
-        announce(step, self.model_name, self.version, payload | {"champion": self.champion})
+        announce(step, self.model_name, self.version, payload)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step's result: the stage checked, its decision, and the outcome when it ended
+    the rollout ("promoted", "rolled-back", "stopped", "interrupted"; None: it goes on)."""
+
+    stage: str
+    decision: StageDecision
+    outcome: str | None = None
+    champion: str | None = None
 
 
 @flow(name="rollout", log_prints=True)
@@ -88,104 +102,103 @@ def rollout(
         version, outcome ("promoted", "rolled-back", "stopped", or "interrupted" when the
         rollout state was changed or cleared outside the flow), reason, champion (after),
         shadow (the comparison's summary) and stages (each stage's last decision).
+    Raises:
+        NotServable: the serving rule refuses the version (registry.servable).
     """
     cfg = load_rollout_config(config, overrides)
     versions = resolve_versions(model_name, tracking_uri, version)
     challenger, champion = versions["challenger"], versions["champion"]
     if champion is None or champion == challenger:
         raise ValueError(f"{model_name}: no champion to roll version {challenger} out beside")
-    log_url = log_url or ServiceConfig().log_url
     clock, sleep = clock or _utc_now, sleep or time.sleep
-    r = _Rollout(model_name, tracking_uri, log_url, challenger, champion, cfg, clock, sleep)
-    plan = stage_plan(cfg)
-    summary, decision = _shadow(r, plan[0])
-    history = [{"stage": plan[0].name} | decision.as_dict()]
-    outcome = "rolled-back" if decision.action == "rollback" else "promoted"
-    for stage in plan[1:] if outcome == "promoted" else []:
-        outcome, decision = _run_stage(r, stage)
-        history.append({"stage": stage.name} | decision.as_dict())
-        if outcome != "promoted":
+    r = _Rollout(
+        model_name, tracking_uri, log_url or ServiceConfig().log_url, challenger, cfg, clock
+    )
+    context = {"champion": champion, "started_at": clock().isoformat()}
+    _enter(r, stage_plan(cfg)[0], f"shadow beside champion {champion}", context)
+    history, shadow = [], None
+    while True:
+        sleep(cfg.check_interval_s)
+        step = rollout_step(r)
+        if step.decision.action != "hold":
+            history.append({"stage": step.stage} | step.decision.as_dict())
+        if step.stage == "shadow" and step.decision.action != "hold":
+            shadow = _publish_shadow(r, champion, context["started_at"])
+        if step.outcome is not None:
             break
-    after = _finish(r, outcome, history[-1]["stage"], decision)
-    result = {"version": challenger, "outcome": outcome, "reason": decision.reason}
-    return result | {"champion": after, "shadow": summary, "stages": history}
+    result = {"version": challenger, "outcome": step.outcome, "reason": step.decision.reason}
+    after = step.champion or champion
+    return result | {"champion": after, "shadow": shadow, "stages": history}
 
 
-def _shadow(r: _Rollout, stage: Stage) -> tuple[dict, StageDecision]:
-    """Shadow beside the champion, publish the comparison, and judge the challenger's own
-    figures: a challenger already failing a gate in shadow never decides a die."""
-    started = r.clock()
-    reason = f"shadow beside champion {r.champion}"
-    enter_stage(r.model_name, r.tracking_uri, r.version, stage, reason, started)
-    r.announce("shadow", {"stage": stage.name, "window_s": stage.window_s})
-    r.sleep(stage.window_s)
-    report = shadow_report(r.log_url, r.champion, r.version, started, r.config.confidence)
+def rollout_step(r: _Rollout) -> Step:
+    """Read the rollout state, take at most one decision, renew the lease: one check."""
+    state = current_rollout(r.model_name, r.tracking_uri)
+    if state is None or state["version"] != r.version:
+        why = f"the rollout state changed: {state}"
+        return Step("", StageDecision("hold", why), "interrupted", _champion_of(state))
+    now, plan = r.clock(), stage_plan(r.config)
+    names = [s.name for s in plan]
+    index = names.index(state["stage"]) if state["stage"] in names else 0
+    stage, entered = plan[index], datetime.fromisoformat(state["updated_at"])
+    since = datetime.fromisoformat(state["started_at"])
+    outcomes = read_outcomes(r.log_url, r.version, since, decided_only=False)
+    decision = judge_check(stage, outcomes, entered, now, r.config)
+    get_run_logger().info("%s: %s, %s", stage.name, decision.action, decision.reason)
+    if decision.action == "hold":
+        try:
+            renew(r.model_name, r.tracking_uri, r.version, r.config.lease_s, now)
+        except LookupError as err:  # stopped by hand since the state was read
+            return Step(stage.name, StageDecision("hold", str(err)), "interrupted")
+        return Step(stage.name, decision)
+    if decision.action == "promote" and index + 1 < len(plan):
+        nxt = plan[index + 1]
+        why = f"stage {nxt.name}: the challenger decides {nxt.share:.0%} of the dies"
+        _enter(r, nxt, why, state)
+        return Step(stage.name, decision)
+    outcome = {"promote": "promoted", "rollback": "rolled-back"}.get(decision.action, "stopped")
+    return Step(stage.name, decision, outcome, _finish(r, outcome, state, decision))
+
+
+def _enter(r: _Rollout, stage: Stage, reason: str, context: dict) -> None:
+    """Set the rollout state to `stage` (with a fresh lease) and announce it."""
+    context = {k: context[k] for k in ("champion", "started_at")}
+    lease = r.config.lease_s
+    enter_stage(r.model_name, r.tracking_uri, r.version, stage, reason, r.clock(), lease, context)
+    payload = {"stage": stage.name, "share": stage.share, "window_s": stage.window_s}
+    r.announce("shadow" if stage.mode == "shadow" else "stage", payload | context)
+
+
+def _publish_shadow(r: _Rollout, champion: str, started_at: str) -> dict:
+    """The shadow comparison as an artifact and version tags; returns its summary."""
+    since = datetime.fromisoformat(started_at)
+    report = shadow_report(r.log_url, champion, r.version, since, r.config.confidence)
     publish_shadow(report, r.model_name, r.tracking_uri)
     summary = {k: v for k, v in report.as_dict().items() if k != "disagreements"}
     r.announce("shadow-report", summary)
-    outcomes = read_outcomes(r.log_url, r.version, started, decided_only=False)
-    decision = decide_stage(outcomes, r.config, r.clock())
-    get_run_logger().info("shadow: %s, %s", decision.action, decision.reason)
-    if decision.action != "rollback":  # too few labels in shadow does not stop the rollout
-        decision = StageDecision("promote", f"shadow: {decision.reason}", decision.figures)
-    return summary, decision
+    return summary
 
 
-def _run_stage(r: _Rollout, stage: Stage) -> tuple[str, StageDecision]:
-    """Hand the challenger the stage's share and judge it until it earns a verdict.
-
-    Returns:
-        ("promoted" | "rolled-back" | "stopped" | "interrupted", the last decision).
-    """
-    log = get_run_logger()
-    started = r.clock()
-    reason = f"stage {stage.name}: the challenger decides {stage.share:.0%} of the dies"
-    enter_stage(r.model_name, r.tracking_uri, r.version, stage, reason, started)
-    r.announce("stage", {"stage": stage.name, "share": stage.share, "window_s": stage.window_s})
-    holds = 0
-    while True:
-        now = r.clock()
-        state = current_rollout(r.model_name, r.tracking_uri)
-        if state is None or state["version"] != r.version or state["stage"] != stage.name:
-            return "interrupted", StageDecision("hold", f"the rollout state changed: {state}")
-        outcomes = read_outcomes(r.log_url, r.version, started, decided_only=True)
-        decision = decide_stage(outcomes, r.config, now)
-        log.info("stage %s: %s, %s", stage.name, decision.action, decision.reason)
-        left = stage.window_s - (now - started).total_seconds()
-        if decision.action == "rollback":
-            return "rolled-back", decision
-        if left <= 0 and decision.action == "promote":
-            return "promoted", decision
-        if left <= 0:
-            holds += 1
-            r.announce("hold", {"stage": stage.name, "holds": holds} | decision.as_dict())
-            if holds > r.config.max_holds:
-                why = f"undecided {holds - 1} checks past the window: {decision.reason}"
-                return "stopped", StageDecision("hold", why, decision.figures)
-        r.sleep(_pause(r.config.check_interval_s, left))
-
-
-def _pause(interval: float, left: float) -> float:
-    """Seconds to the next check: the interval, cut at the window's end while it runs."""
-    if left <= 0:
-        return interval
-    return min(interval, left) if interval > 0 else left
-
-
-def _finish(r: _Rollout, outcome: str, stage: str, decision: StageDecision) -> str:
-    """Promote, or end the rollout with the champion unchanged; returns the champion."""
-    now = r.clock()
+def _finish(r: _Rollout, outcome: str, state: dict, decision: StageDecision) -> str:
+    """Promote (a compare-and-swap against the champion the rollout judged against), or end
+    the rollout with the champion unchanged; returns the champion."""
+    now, champion = r.clock(), state["champion"]
     detail = {"action": outcome, "figures": decision.as_dict()["figures"]}
-    r.announce(outcome, {"stage": stage} | decision.as_dict())
+    r.announce(outcome, {"stage": state["stage"], "champion": champion} | decision.as_dict())
     if outcome == "promoted":
         why = f"rollout passed every stage: {decision.reason}"
-        promote_version(r.model_name, r.tracking_uri, r.version, why)
+        promote_version(r.model_name, r.tracking_uri, r.version, why, champion)
         end_rollout(r.model_name, r.tracking_uri, "promoted to champion", now, "rollout", detail)
         return r.version
-    if outcome != "interrupted":  # the state is no longer this rollout's to clear
-        kind = "rollback" if outcome == "rolled-back" else "rollout"
-        end_rollout(r.model_name, r.tracking_uri, decision.reason, now, kind, detail)
-    return r.champion
+    kind = "rollback" if outcome == "rolled-back" else "rollout"
+    end_rollout(r.model_name, r.tracking_uri, decision.reason, now, kind, detail)
+    if outcome == "rolled-back":
+        withdraw_version(r.model_name, r.tracking_uri, r.version, decision.reason)
+    return champion
+
+
+def _champion_of(state: dict | None) -> str | None:
+    return state["champion"] if state else None
 
 
 def _utc_now() -> datetime:

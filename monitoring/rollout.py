@@ -1,9 +1,11 @@
 """The staged rollout's rules: its configuration, its stages, and each stage's verdict.
 
 A challenger runs in shadow first, then decides a growing share of the dies (optionally a
-5% canary for 48 h first, then 10%, 25%, 50%, 100%). `decide_stage` judges one stage from
-the challenger-decided dies that operators labelled: promote, hold or roll back. Pure: the
-caller gives the time, so a simulation can run on a compressed clock.
+5% canary for 48 h first, then 10%, 25%, 50%, 100%). `decide_stage` weighs the evidence:
+every labelled die the challenger scored since the rollout began, shadow or deciding, with
+Clopper-Pearson bounds checked at every check (a sequential rule). `judge_check` turns it
+into one check's move for a stage: advance, hold, roll back or stop. Pure: the caller gives
+the time, so a simulation can run on a compressed clock.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class RolloutConfig:
     rollback_window_s: float = 4 * HOUR
     rollback_min_defective: int = 50  # defective labelled dies a window needs to count
     check_interval_s: float = 900.0  # how often a running stage is judged
-    max_holds: int = 12  # re-checks after a stage's window before the rollout stops
+    max_holds: int = 12  # check intervals past a stage's window before the rollout stops
+    min_decided: int = 100  # labelled dies the challenger decided in a stage to advance it
+    lease_s: float = 3600.0  # the rollout's lease: every check renews it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(float(s) for s in self.stages))
@@ -64,6 +68,8 @@ class RolloutConfig:
         for name in ("stage_window_s", "shadow_window_s", "canary_window_s", "check_interval_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lease_s <= self.check_interval_s:
+            raise ValueError(f"lease_s must exceed check_interval_s, got {self.lease_s}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,6 +126,7 @@ class Outcome:
     at: datetime
     label: int
     flagged: bool
+    decided: bool = False  # the challenger's decision was the one served
 
     @property
     def defective(self) -> bool:
@@ -150,7 +157,8 @@ def challenger_outcomes(
         mine = [d for d in record["decisions"] if _is_challenger(d, version)]
         if mine:
             ids = record["die_id"], record["inspection_id"], record["received_at"]
-            found.append(Outcome(*ids, label, bool(mine[-1]["flagged"])))
+            decided = record["served_by"] == CANDIDATE_ROLE
+            found.append(Outcome(*ids, label, bool(mine[-1]["flagged"]), decided))
     return sorted(found, key=lambda o: o.at)
 
 
@@ -193,19 +201,59 @@ def decide_stage(outcomes: list[Outcome], config: RolloutConfig, now: datetime) 
     if window is not None and window["rate"] > config.rollback_escape:
         why = f"escape rate {_share(window)} in the window {window['start']} - {window['end']}"
         return StageDecision("rollback", f"{why} is over {config.rollback_escape:.1%}", figures)
-    if len(seen) < config.min_labels or len(defective) < config.min_defective:
-        why = f"too few labels: {len(seen)} labelled dies ({len(defective)} defective), "
-        need = f"{config.min_labels} ({config.min_defective} defective) needed"
-        return StageDecision("hold", why + need, figures)
+    action, why = bounds_verdict(escape, fpr, len(seen), config)
+    return StageDecision(action, why, figures)
+
+
+def bounds_verdict(escape: dict, fpr: dict, labelled: int, config: RolloutConfig) -> tuple:
+    """The sequential rule on the counts so far: (action, why). Hold below the label
+    minimums; roll back when a lower bound is over its gate; promote when both upper bounds
+    are under theirs; hold otherwise."""
+    if labelled < config.min_labels or escape["n"] < config.min_defective:
+        why = f"too few labels: {labelled} labelled dies ({escape['n']} defective), "
+        return "hold", why + f"{config.min_labels} ({config.min_defective} defective) needed"
     for name, r, limit in (("escape", escape, config.max_escape), ("FPR", fpr, config.max_fpr)):
         if r["lo"] > limit:
-            why = f"{name} {_share(r)}: its lower bound {r['lo']:.2%} is over {limit:.1%}"
-            return StageDecision("rollback", why, figures)
+            return (
+                "rollback",
+                f"{name} {_share(r)}: its lower bound {r['lo']:.2%} is over {limit:.1%}",
+            )
     if escape["hi"] < config.max_escape and fpr["hi"] < config.max_fpr:
         why = f"escape {_share(escape)} (upper {escape['hi']:.2%}), FPR {_share(fpr)} (upper "
-        return StageDecision("promote", why + f"{fpr['hi']:.2%}): under the gates", figures)
+        return "promote", why + f"{fpr['hi']:.2%}): under the gates"
     why = f"undecided: upper bounds escape {escape['hi']:.2%} (gate {config.max_escape:.1%}), "
-    return StageDecision("hold", why + f"FPR {fpr['hi']:.2%} (gate {config.max_fpr:.1%})", figures)
+    return "hold", why + f"FPR {fpr['hi']:.2%} (gate {config.max_fpr:.1%})"
+
+
+def judge_check(
+    stage: Stage, outcomes: list[Outcome], entered: datetime, now: datetime, cfg: RolloutConfig
+) -> StageDecision:
+    """One check of a stage entered at `entered`, on every labelled die the challenger scored.
+
+    Rollback as soon as the evidence says so (decide_stage). Shadow advances ("promote")
+    once its window has passed. A deciding stage advances as soon as the evidence clears both
+    gates and the challenger itself decided `min_decided` labelled dies in it (what only real
+    traffic shows); it stops ("stop") when still undecided `max_holds` check intervals past
+    its window. Anything else holds.
+    """
+    decision = decide_stage(outcomes, cfg, now)
+    if decision.action == "rollback":
+        return decision
+    elapsed, figures = (now - entered).total_seconds(), decision.figures
+    if stage.mode == "shadow":
+        if elapsed < stage.window_s:
+            return StageDecision("hold", f"shadow for {stage.window_s:.0f} s", figures)
+        return StageDecision("promote", f"shadow: {decision.reason}", figures)
+    decided = sum(o.decided and entered <= o.at <= now for o in outcomes)
+    figures = figures | {"decided_in_stage": decided}
+    if decision.action == "promote" and decided >= cfg.min_decided:
+        return StageDecision("promote", decision.reason, figures)
+    why = decision.reason if decision.action == "hold" else f"{decided} dies decided here"
+    why += f" ({cfg.min_decided} decided in the stage needed)" if decided < cfg.min_decided else ""
+    overdue = elapsed - stage.window_s
+    if overdue > cfg.max_holds * cfg.check_interval_s:
+        return StageDecision("stop", f"undecided {overdue:.0f} s past the window: {why}", figures)
+    return StageDecision("hold", why, figures)
 
 
 def worst_window(defective: list[Outcome], config: RolloutConfig) -> dict | None:

@@ -16,27 +16,31 @@ from monitoring.simulate import SimDie, hour_schedule, read_stream, run_stream
 
 def rollout_overrides(hour_s: float) -> list[str]:
     """Rollout settings for a compressed hour: 5 hours of shadow, 3-hour stages, the 4-hour
-    escape window, a check every 0.2 h. A short stream of a split with few defects (the tiny
-    test split: 5%) labels a handful of defective dies in 4 hours, not the seed's 50, so a
-    window counts from 5 (one escape among them is 20%: a demo setting, never production's).
+    escape window, a check every 0.2 h, a lease of 4 h. A short stream of a split with few
+    defects (the tiny test split: 5%) labels a handful of defective dies in 4 hours, not the
+    seed's 50, so a window counts from 5 (one escape among them is 20%: a demo setting,
+    never production's), and a stage advances after 5 labelled dies of its own.
     """
     return [
         f"shadow_window_s={5 * hour_s}", f"stage_window_s={3 * hour_s}",
         f"rollback_window_s={4 * hour_s}", f"check_interval_s={0.2 * hour_s}",
-        "min_labels=20", "min_defective=5", "rollback_min_defective=5",
+        f"lease_s={4 * hour_s}", "min_labels=20", "min_defective=5",
+        "rollback_min_defective=5", "min_decided=5",
     ]  # fmt: skip
 
 
 def promotion_overrides(hour_s: float) -> list[str]:
-    """rollout_overrides with gates a sound challenger can pass in a short stream.
+    """rollout_overrides with gates a sound challenger can pass within a day's stream.
 
-    A 10% stage of a few simulated hours sees a dozen dies of its own; with 5 defective
-    among them and none escaped, the 95% upper bound of the escape rate is 52%, so the gates
-    sit at 60% here. The rules are the production ones; only the evidence is thin. The
-    seed's 200 labels (30 defective) per stage and 1% / 15% gates take days of a real line.
+    Every labelled die the challenger scored counts, shadow or deciding: a defect-rich
+    stream labels about 100 defective and 100 good dies during the shadow hours, so a
+    challenger with no escape there has an escape upper bound of 3.6% (5% gate here) and
+    one at a 6% FPR an upper bound near 12% (25% gate). The escape window counts from the
+    seed's 50 defective dies, so one escape alone never rolls back a sound challenger. The
+    seed's 1% / 15% gates need about 300 defective dies without an escape: days of a line.
     """
-    demo = ["min_labels=10", "min_defective=5", "max_escape=0.6", "max_fpr=0.6"]
-    return rollout_overrides(hour_s) + demo
+    demo = ["min_labels=100", "min_defective=50", "rollback_min_defective=50"]
+    return rollout_overrides(hour_s) + demo + ["max_escape=0.05", "max_fpr=0.25"]
 
 
 def defect_rich(dies: list[SimDie]) -> list[SimDie]:
@@ -54,27 +58,36 @@ def defect_rich(dies: list[SimDie]) -> list[SimDie]:
 
 
 def approved_challenger(tracking_uri: str | None, model_name: str) -> str | None:
-    """The `challenger` version when it is approved and not champion yet, else None."""
-    from registry import CHALLENGER, CHAMPION, audit, open_store
+    """The `challenger` version when the serving rule allows it and it is not champion yet,
+    else None."""
+    from registry import CHALLENGER, CHAMPION, NotServable, open_store, require_servable
     from registry.aliases import alias_version
 
     client = open_store(tracking_uri).client
     version = alias_version(client, model_name, CHALLENGER)
     if version is None or version == alias_version(client, model_name, CHAMPION):
         return None
-    approval = audit(client, model_name, version).get("approval") or {}
-    return version if approval.get("decision") == "approved" else None
+    try:
+        require_servable(client, model_name, version)
+    except NotServable:
+        return None
+    return version
 
 
 def register_bad_challenger(tracking_uri: str, model_name: str, workdir: str | Path) -> str:
     """Register the champion's bundle at threshold 1.0 (it passes every die) as challenger.
 
+    Tagged as a simulation artifact, with a gate verdict and an automatic approval that say
+    so: it stands for a candidate whose flaw only production shows, which the rollout's own
+    rules must catch.
+
     Returns:
         The new version.
     """
     from model.onnx_runtime import operating_point_path
-    from registry import audit, download_bundle, log_bundle, open_store, register
+    from registry import audit, download_bundle, log_bundle, open_store, record_approval, register
     from registry.bundle_run import BUNDLE_FILES
+    from registry.model_card import write_model_card
 
     store = open_store(tracking_uri)
     champion = download_bundle(store.client, model_name, "champion", Path(workdir) / "champion")
@@ -87,8 +100,14 @@ def register_bad_challenger(tracking_uri: str, model_name: str, workdir: str | P
     point_file = operating_point_path(bad / "model.onnx")
     point_file.write_text(json.dumps(json.loads(point_file.read_text()) | {"threshold": 1.0}))
     logged = log_bundle(store, f"{model_name}-simulate", bad, kind)
-    lineage = {"simulation": "bad challenger: champion bundle at threshold 1.0"}
-    return register(store.client, model_name, logged.serving[kind], lineage)
+    what = "bad challenger: the champion's bundle at threshold 1.0, it passes every die"
+    gate = {"passed": True, "reason": f"simulation: no gates run for the {what}"}
+    version = register(store.client, model_name, logged.serving[kind],
+                       {"simulation": what, "gate": gate})  # fmt: skip
+    why = "simulation: approved so that the rollout's rules must catch it"
+    record_approval(store.client, model_name, version, True, "simulation", why, True, {})
+    write_model_card(store.client, model_name, version)
+    return version
 
 
 def simulate_rollout(url, station_key, operator_key, clean_dir, tracking_uri, model_name,

@@ -10,10 +10,18 @@ from registry.bundle import BundleError, download_bundle
 from registry.bundle_run import log_bundle
 from registry.datasets import Split
 from registry.events import record_event
-from registry.lifecycle import ChampionChange, RollbackError, promote, rollback
+from registry.lifecycle import (
+    ChampionChange,
+    ChampionMovedError,
+    RollbackError,
+    install_first,
+    promote,
+    rollback,
+)
+from registry.servable import NotServable, require_servable
 from registry.store import Store, open_store
 from registry.training import TrainingRecord, log_training
-from registry.versions import record_approval, register
+from registry.versions import record_approval, register, reject
 
 __all__ = [
     "CHALLENGER",
@@ -21,6 +29,8 @@ __all__ = [
     "PREVIOUS",
     "BundleError",
     "ChampionChange",
+    "ChampionMovedError",
+    "NotServable",
     "RollbackError",
     "Split",
     "Store",
@@ -29,6 +39,7 @@ __all__ = [
     "champion",
     "download_bundle",
     "format_audit",
+    "install_first",
     "log_bundle",
     "log_training",
     "open_store",
@@ -36,6 +47,8 @@ __all__ = [
     "record_approval",
     "record_event",
     "register",
+    "reject",
+    "require_servable",
     "resolve",
     "rollback",
     "training_split",

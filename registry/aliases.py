@@ -45,3 +45,9 @@ def resolve(client: MlflowClient, model_name: str, ref: str | int) -> ModelVersi
     if isinstance(ref, int) or str(ref).isdigit():
         return client.get_model_version(model_name, str(ref))
     return client.get_model_version_by_alias(model_name, str(ref))
+
+
+def drop_alias(client: MlflowClient, model_name: str, alias: str, version: str | int) -> None:
+    """Remove `alias` when it points at `version` (elsewhere or absent: nothing changes)."""
+    if alias_version(client, model_name, alias) == str(version):
+        client.delete_registered_model_alias(model_name, alias)

@@ -1,16 +1,21 @@
 """The rollout state: which version the service runs beside the champion, how, and why.
 
 Held as registered-model tags (``rollout.version``, ``rollout.mode``, ``rollout.share``,
-``rollout.stage``, ``rollout.updated_at``, ``rollout.reason``) that the service's watcher
-re-reads; every change is also a ``rollout`` event (or the given kind) on the version, so
-`dieguard audit` shows the rollout's history. ``rollout.version`` is written last and deleted
+``rollout.stage``, ``rollout.updated_at``, ``rollout.reason``, ``rollout.lease_until``,
+``rollout.champion``, ``rollout.started_at``) that the service's watcher re-reads; every
+change is also a ``rollout`` event (or the given kind) on the version, so `dieguard audit`
+shows the rollout's history. ``rollout.version`` is written last and deleted
 first: a reader sees either a whole state or none.
+
+The lease: every step of the rollout renews ``rollout.lease_until``. When it lapses (the
+process driving the rollout died), the service routes every die to the champion again and
+records a ``stalled`` event on the version, until a step renews the lease.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mlflow import MlflowClient
@@ -18,10 +23,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from registry.events import record_event
+from registry.servable import require_servable
 
 PREFIX = "rollout."
 VERSION = f"{PREFIX}version"
-FIELDS = ("mode", "share", "stage", "updated_at", "reason")
+CONTEXT = ("champion", "started_at")  # the champion it is judged against, since when
+FIELDS = ("mode", "share", "stage", "updated_at", "reason", "lease_until", *CONTEXT)
+LEASE = f"{PREFIX}lease_until"
 MODES = ("off", "shadow", "canary")
 MAX_REASON = 1000  # characters kept in the tag (the event keeps the whole reason)
 
@@ -36,6 +44,8 @@ def set_rollout(
     reason: str,
     now: datetime | None = None,
     detail: Mapping[str, Any] | None = None,
+    lease_s: float | None = None,
+    context: Mapping[str, str] | None = None,
 ) -> dict:
     """Point the service at `version` in `mode` with `share` of the dies, and log the step.
 
@@ -46,18 +56,24 @@ def set_rollout(
         stage: the rollout's step, e.g. "shadow", "canary", "10%".
         now: the step's time (None: the wall clock).
         detail: more facts for the event (e.g. the figures behind the step).
+        lease_s: the lease, from `now` (None: no lease, the state holds until changed).
+        context: the rollout's ``champion`` and ``started_at`` (kept from stage to stage).
     Returns:
         The state as `rollout_state` reads it.
     Raises:
-        ValueError: an unknown mode or a share outside [0, 1]; MlflowException: no such version.
+        ValueError: an unknown mode or a share outside [0, 1]; NotServable: the serving rule
+        refuses the version (registry.servable); MlflowException: no such version.
     """
     if mode not in MODES:
         raise ValueError(f"rollout mode must be one of {MODES}, got {mode!r}")
     if not 0.0 <= float(share) <= 1.0:
         raise ValueError(f"rollout share must lie in [0, 1], got {share}")
     version, at = str(version), _time(now)
+    if mode != "off":
+        require_servable(client, model_name, version)
     state = {"version": version, "mode": mode, "share": float(share), "stage": stage}
-    state |= {"updated_at": at, "reason": reason}
+    state |= {"updated_at": at, "reason": reason, "lease_until": _deadline(now, lease_s)}
+    state |= {name: str((context or {}).get(name, "")) for name in CONTEXT}
     facts = {"mode": mode, "share": float(share), "stage": stage, "reason": reason, "time": at}
     record_event(client, model_name, version, "rollout", facts | dict(detail or {}))
     for name in FIELDS:
@@ -67,8 +83,43 @@ def set_rollout(
     return state
 
 
+def renew_lease(
+    client: MlflowClient, model_name: str, version: str, lease_s: float, now: datetime | None
+) -> str:
+    """Move the rollout's lease to `now` + `lease_s`; returns the new deadline.
+
+    Raises:
+        LookupError: the rollout state is gone or names another version (stopped by hand).
+    """
+    state = rollout_state(client, model_name)
+    if state is None or state["version"] != str(version):
+        raise LookupError(f"{model_name}: no rollout of version {version} to renew: {state}")
+    deadline = _deadline(now, lease_s)
+    client.set_registered_model_tag(model_name, LEASE, deadline)
+    return deadline
+
+
+def lease_lapsed(state: Mapping[str, Any] | None, now: datetime | None = None) -> bool:
+    """Whether a rollout state's lease has run out (a state without a lease never lapses)."""
+    if not state or not state.get("lease_until"):
+        return False
+    try:
+        deadline = datetime.fromisoformat(state["lease_until"])
+    except ValueError:
+        return True  # an unreadable deadline: the champion alone is the safe reading
+    return (now or datetime.now(UTC)) > deadline
+
+
+def record_stall(client: MlflowClient, model_name: str, state: Mapping[str, Any]) -> str:
+    """The ``stalled`` event on the rollout's version (once per lapsed lease)."""
+    detail = {"stage": state["stage"], "lease_until": state["lease_until"]}
+    detail["reason"] = "the rollout's lease lapsed: the champion decides every die"
+    return record_event(client, model_name, state["version"], "stalled", detail, dedupe=True)
+
+
 def rollout_state(client: MlflowClient, model_name: str) -> dict | None:
-    """The current rollout state {version, mode, share, stage, updated_at, reason}, or None
+    """The current rollout state {version, mode, share, stage, updated_at, reason,
+    lease_until, champion, started_at ("" when not set)}, or None
     when there is none (or no such registered model)."""
     try:
         tags = client.get_registered_model(model_name).tags
@@ -116,6 +167,12 @@ def clear_rollout(
 
 def _time(now: datetime | None) -> str:
     return (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _deadline(now: datetime | None, lease_s: float | None) -> str:
+    if lease_s is None:
+        return ""
+    return _time((now or datetime.now(UTC)) + timedelta(seconds=lease_s))
 
 
 def _share(text: str) -> float:

@@ -10,7 +10,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from registry.aliases import CHALLENGER, CHAMPION, aliases_of
+from registry.aliases import CHALLENGER, CHAMPION, aliases_of, drop_alias
 from registry.events import record_event
 from registry.values import to_text, utc_now
 
@@ -74,7 +74,8 @@ def record_approval(
     automatic: bool,
     checklist: Mapping[str, Any],
 ) -> dict[str, str]:
-    """Record a promotion decision as ``approval.*`` tags (latest wins) and an event.
+    """Record a promotion decision as ``approval.*`` tags (latest wins) and an event; a
+    rejection also takes the ``challenger`` alias off the version.
 
     Returns:
         The tags written: approval.decision ("approved"/"rejected"), approval.approver,
@@ -94,7 +95,22 @@ def record_approval(
         client.set_model_version_tag(model_name, str(version), key, value)
     detail = {k: fields[k] for k in ("decision", "approver", "reason")}
     record_event(client, model_name, version, "approval", detail | {"automatic": automatic})
+    if not approved:  # a rejected version is no one's challenger
+        drop_alias(client, model_name, CHALLENGER, version)
     return tags
+
+
+def reject(
+    client: MlflowClient, model_name: str, version: str | int, approver: str, reason: str
+) -> dict[str, str]:
+    """Reject a version outside the approval form: recorded like the form's rejection.
+
+    Raises:
+        ValueError: no approver or no reason given.
+    """
+    if not approver.strip() or not reason.strip():
+        raise ValueError("a rejection needs the approver's name and a reason")
+    return record_approval(client, model_name, version, False, approver, reason, False, {})
 
 
 def _registered(client: MlflowClient, model_name: str, run_id, model_uri) -> ModelVersion | None:

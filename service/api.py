@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from model.schema import CLASS_NAMES, FABS, NUM_CLASSES
 from registry import CHAMPION
+from registry.servable import NotServable
 from service.auth import require
 from service.config import ADMIN, OPERATOR, STATION, ApiKey
 from service.feedback import MAX_COMMENT_CHARS, store_feedback
@@ -173,8 +174,14 @@ async def get_routing(request: Request, _: AdminKey) -> dict:
 
 @router.put("/admin/routing", tags=["admin"])
 async def set_routing(request: Request, routing: RoutingRequest, _: AdminKey):
-    """Switch shadow or canary routing on or off; the candidate loads or unloads now."""
+    """Switch shadow or canary routing on or off; the candidate loads or unloads now.
+    409 when the registry's serving rule refuses the candidate (no approval, rejected)."""
     state = request.app.state.service
+    if state.watcher is not None and routing.mode != "off":
+        try:
+            await state.watcher.check_candidate()
+        except NotServable as err:
+            raise HTTPException(409, str(err)) from err
     state.pool.routing.mode, state.pool.routing.share = routing.mode, routing.share
     if state.watcher is not None:
         await state.watcher.sync_reporting()

@@ -17,6 +17,9 @@ Each champion loaded from the registry is remembered on disk (`last_good.json` b
 downloaded bundles). A pod that starts while the registry is unreachable serves that bundle,
 once its files match their digests again, and says so (`fallback`); the next successful
 sync follows the registry again.
+
+A candidate runs only when the registry's serving rule allows it (registry.servable), and a
+rollout whose lease lapsed (its flow died) counts as none: the champion alone decides.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from pathlib import Path
 from registry import CHAMPION, download_bundle, open_store
 from registry.aliases import alias_version
 from registry.bundle import verify
-from registry.rollout_state import rollout_state
+from registry.rollout_state import lease_lapsed, record_stall, rollout_state
+from registry.servable import NotServable, require_servable
 from service.batcher import MicroBatcher
 from service.config import ServiceConfig
 from service.engine import ModelEngine
@@ -148,12 +152,15 @@ class RegistryWatcher:
         await self._follow_rollout()
         wanted = {CHAMPION: await self._alias(CHAMPION)}
         if self.pool.wants_candidate():
-            rollout = self._rollout
-            wanted[CANDIDATE] = (
-                rollout["version"] if rollout else await self._alias(self.config.candidate_alias)
-            )
+            wanted[CANDIDATE] = await self.candidate_version()
         if wanted.get(CANDIDATE) == wanted[CHAMPION]:
             wanted[CANDIDATE] = None  # the candidate was promoted: nothing to compare
+        if wanted.get(CANDIDATE) is not None:
+            try:
+                await self.check_servable(wanted[CANDIDATE])
+            except NotServable:
+                self.pool.routing = Routing()  # the champion alone
+                raise
         for role in (CHAMPION, CANDIDATE):
             version, current = wanted.get(role), self.pool.get(role)
             if version is None:
@@ -163,6 +170,21 @@ class RegistryWatcher:
             if current is None or current.version != version:
                 folder = await asyncio.to_thread(self._download, version)
                 await self.pool.load(role, folder)
+
+    async def candidate_version(self) -> str | None:
+        """The rollout's version, else the candidate alias's."""
+        rollout = self._rollout
+        return rollout["version"] if rollout else await self._alias(self.config.candidate_alias)
+
+    async def check_servable(self, version: str) -> None:
+        """Raises NotServable when the registry's serving rule refuses the version."""
+        await asyncio.to_thread(require_servable, self._client(), self.config.model_name, version)
+
+    async def check_candidate(self) -> None:
+        """check_servable for the candidate routing would load (none: nothing to check)."""
+        version = await self.candidate_version()
+        if version is not None:
+            await self.check_servable(version)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -218,6 +240,9 @@ class RegistryWatcher:
     async def _follow_rollout(self) -> None:
         """Routing from the registry's rollout state when it changed (off when it went away)."""
         state = await asyncio.to_thread(rollout_state, self._client(), self.config.model_name)
+        if lease_lapsed(state):  # its flow died: no one judges the challenger any more
+            await asyncio.to_thread(record_stall, self._client(), self.config.model_name, state)
+            state = None
         if state != self._rollout:
             routing = Routing(state["mode"], state["share"]) if state else Routing()
             log.info("rollout state: routing %s %.0f%%", routing.mode, 100 * routing.share)

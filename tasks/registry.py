@@ -27,6 +27,8 @@ from registry import (
     record_approval,
     register,
 )
+from registry.lifecycle import install_first
+from registry.model_card import write_model_card
 
 RETRY = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
 
@@ -71,10 +73,13 @@ def install_first_champion(
         git_commit=git_commit(),
     )
     lineage = _lineage(data, validation, baseline) | {
-        "gate": {"passed": None, "reason": "the existing CNN: registered as the first champion"}
+        "gate": {"passed": None, "reason": "the existing CNN: registered as the first champion"},
+        "validation_report": None,  # its Data Docs are logged with the candidate's run
     }
     version = register(store.client, model_name, record.serving["baseline"], lineage)
-    promote(store.client, model_name, version, "first run: the vision-only CNN in production")
+    reason = "first run: the vision-only CNN already in production"
+    install_first(store.client, model_name, version, reason)
+    write_model_card(store.client, model_name, version)
     return {"version": version, "bundle": bundle}
 
 
@@ -118,26 +123,42 @@ def register_candidate(
     champion_info: dict,
     champion_figures: dict,
 ) -> str:
-    """Register the candidate's INT8 bundle with its lineage; alias challenger."""
+    """Register the candidate's INT8 bundle with its lineage and model card; alias challenger.
+
+    The lineage names the run's Data Docs and evaluation report by their artifact URIs."""
+    client = open_store(tracking_uri).client
+    run = training["run_id"]
     lineage = _lineage(data, validation, candidate) | {
         "gate": verdict,
         "baseline_comparison": {"champion_version": champion_info["version"]}
         | {k: champion_figures[k] for k in ("escape", "fpr", "macro_f1")},
+        "validation_report": f"runs:/{run}/data_docs/{Path(validation['docs_index']).name}",
+        "evaluation_report": _artifact_uri(client, run, "evaluation", ".html"),
     }
-    client = open_store(tracking_uri).client
-    return register(client, model_name, training["model_uri"], lineage)
+    version = register(client, model_name, training["model_uri"], lineage)
+    write_model_card(client, model_name, version)
+    return version
 
 
 @task(**RETRY)
 def record_decision(model_name: str, tracking_uri: str | None, version: str, decision: dict):
-    """Write the approval decision (who, why, checklist, automatic or not) as version tags."""
-    record_approval(open_store(tracking_uri).client, model_name, version, **decision)
+    """Write the approval decision (who, why, checklist, automatic or not) as version tags,
+    and refresh the model card."""
+    client = open_store(tracking_uri).client
+    record_approval(client, model_name, version, **decision)
+    write_model_card(client, model_name, version)
 
 
 @task(**RETRY)
-def promote_version(model_name: str, tracking_uri: str | None, version: str, reason: str):
-    """Alias the version champion; the champion before it becomes previous-champion."""
-    promote(open_store(tracking_uri).client, model_name, version, reason)
+def promote_version(
+    model_name: str, tracking_uri: str | None, version: str, reason: str, over: str | None
+):
+    """Alias the version champion in place of `over` (registry.promote: a compare-and-swap
+    under the serving rule); the champion before it becomes previous-champion."""
+    client = open_store(tracking_uri).client
+    change = promote(client, model_name, version, reason, over)
+    for number in filter(None, (change.champion, change.replaced)):
+        write_model_card(client, model_name, number)
 
 
 def splits(data: Prepared, data_dir: str) -> dict[str, Split]:
@@ -148,6 +169,12 @@ def splits(data: Prepared, data_dir: str) -> dict[str, Split]:
     return {
         name: Split(part.digest, f"{root}/{name}", len(part)) for name, part in data.splits.items()
     }
+
+
+def _artifact_uri(client, run_id: str, folder: str, suffix: str) -> str | None:
+    """The runs:/ URI of the first artifact under `folder` whose name ends in `suffix`."""
+    found = [a.path for a in client.list_artifacts(run_id, folder) if a.path.endswith(suffix)]
+    return f"runs:/{run_id}/{sorted(found)[0]}" if found else None
 
 
 def git_commit() -> str | None:

@@ -18,7 +18,9 @@ from monitoring.rollout import Outcome, Stage, challenger_outcomes
 from monitoring.shadow import ShadowReport, compare_shadow
 from registry import CHALLENGER, CHAMPION, open_store, resolve
 from registry.aliases import alias_version
-from registry.rollout_state import clear_rollout, rollout_state, set_rollout
+from registry.model_card import write_model_card
+from registry.rollout_state import clear_rollout, renew_lease, rollout_state, set_rollout
+from registry.servable import require_servable, withdraw
 from service.inspection_log import InspectionLog
 
 RETRY = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
@@ -34,12 +36,19 @@ def _log(url: str):
         log.close()
 
 
-@task(**RETRY)
+@task(cache_policy=NO_CACHE)
 def resolve_versions(model_name: str, tracking_uri: str | None, version: str | None) -> dict:
-    """The challenger's version number (default: the `challenger` alias) and the champion's."""
+    """The challenger's version number (default: the `challenger` alias), the champion's,
+    and how the challenger was approved.
+
+    Raises:
+        NotServable: the serving rule refuses the challenger (registry.servable).
+    """
     client = open_store(tracking_uri).client
     challenger = str(resolve(client, model_name, version or CHALLENGER).version)
-    return {"challenger": challenger, "champion": alias_version(client, model_name, CHAMPION)}
+    approval = require_servable(client, model_name, challenger)
+    champion = alias_version(client, model_name, CHAMPION)
+    return {"challenger": challenger, "champion": champion, "approval": approval}
 
 
 @task(**RETRY)
@@ -50,12 +59,30 @@ def enter_stage(
     stage: Stage,
     reason: str,
     now: datetime,
+    lease_s: float,
+    context: dict,
 ) -> dict:
-    """Set the rollout state to a stage: the service follows it at its next sync."""
+    """Set the rollout state to a stage, with a fresh lease: the service follows it at its
+    next sync (refused by the serving rule for a version that may not serve)."""
     client = open_store(tracking_uri).client
     return set_rollout(
-        client, model_name, version, stage.mode, stage.share, stage.name, reason, now
-    )
+        client, model_name, version, stage.mode, stage.share, stage.name, reason, now,
+        lease_s=lease_s, context=context,
+    )  # fmt: skip
+
+
+@task(cache_policy=NO_CACHE)  # a lost state is an answer, not a failure to retry
+def renew(model_name: str, tracking_uri: str | None, version: str, lease_s: float, now) -> str:
+    """Renew the rollout's lease (LookupError: the rollout state is gone or someone else's)."""
+    return renew_lease(open_store(tracking_uri).client, model_name, version, lease_s, now)
+
+
+@task(**RETRY)
+def withdraw_version(model_name: str, tracking_uri: str | None, version: str, reason: str):
+    """A rolled-back challenger: withdrawn for good (no alias, may not serve), card updated."""
+    client = open_store(tracking_uri).client
+    withdraw(client, model_name, version, "rollback", reason)
+    write_model_card(client, model_name, version)
 
 
 @task(**RETRY)

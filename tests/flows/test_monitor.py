@@ -20,7 +20,7 @@ from flows.monitor import monitor
 from model.contract import read_split
 from monitoring.drift import DriftResult, FamilyDrift
 from monitoring.history import History
-from registry import Split, open_store, promote, register
+from registry import Split, install_first, open_store, register
 from service.image_store import ImageStore
 from service.inspection_log import InspectionLog
 from tasks.monitor import SUSTAINED_EVENT
@@ -190,7 +190,7 @@ def test_without_a_reference_the_champions_training_split_is_judged_against(
     where = {"reference_dir": None, "model_name": "dieguard-monitored", "tracking_uri": uri}
     with pytest.raises(MlflowException):  # no champion yet: nothing to judge against
         run_monitor(site, tmp_path, NOW, **where)
-    promote(store.client, "dieguard-monitored", version, "first champion")
+    install_first(store.client, "dieguard-monitored", version, "first champion")
     result, _ = run_monitor(site, tmp_path, NOW, **where)
     assert result["reference_dir"] == str((tiny_data / "train").resolve())
     assert result["drifted"] == [] and set(result["reports"]) == {"process", "images", "notes"}

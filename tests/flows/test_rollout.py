@@ -19,10 +19,21 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.rollout import rollout
 from model.schema import CLASS_NAMES
-from registry import CHALLENGER, CHAMPION, PREVIOUS, audit, format_audit, open_store, promote
+from registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    NotServable,
+    audit,
+    format_audit,
+    install_first,
+    open_store,
+    reject,
+)
 from registry.rollout_state import clear_rollout, rollout_state, set_rollout
 from service.inspection_log import InspectionLog
 from service.models import canary_bucket
+from tests.registry.approvals import make_servable
 
 MODEL = "dieguard-rollout-tests"
 T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
@@ -32,6 +43,7 @@ FAST = [  # zero-length windows; small label minimums; looser gates for a few hu
     "stage_window_s=0",
     "check_interval_s=0",
     "max_holds=6",
+    "min_decided=20",
     "min_labels=40",
     "min_defective=20",
     "max_escape=0.05",
@@ -53,7 +65,8 @@ def registry(tmp_path) -> str:
     client.create_registered_model(MODEL)
     for _ in range(2):
         client.create_model_version(MODEL, source=str(tmp_path / "bundle"))
-    promote(client, MODEL, "1", "the first champion")
+    install_first(client, MODEL, "1", "the first champion")
+    make_servable(client, MODEL, "2")
     client.set_registered_model_alias(MODEL, CHALLENGER, "2")
     return uri
 
@@ -76,6 +89,9 @@ def test_rollout_state_round_trip_and_its_audit_events(registry):
         "stage": "25%",
         "updated_at": "2026-03-02T06:00:00.000+00:00",
         "reason": "stage two",
+        "lease_until": "",
+        "champion": "",
+        "started_at": "",
     }
     with pytest.raises(ValueError, match="mode"):
         set_rollout(client, MODEL, "2", "everything", 1.0, "x", "no")
@@ -84,7 +100,7 @@ def test_rollout_state_round_trip_and_its_audit_events(registry):
     cleared = clear_rollout(client, MODEL, "escapes", now=T0, kind="rollback", detail={"k": 3})
     assert cleared == state and rollout_state(client, MODEL) is None
     assert clear_rollout(client, MODEL, "again") is None
-    events = audit(client, MODEL, "2")["events"]
+    events = audit(client, MODEL, "2")["events"][1:]  # after the approval
     assert [e["kind"] for e in events] == ["rollout", "rollout", "rollback"]
     assert events[1]["detail"] == {
         "mode": "canary",
@@ -226,11 +242,13 @@ def test_a_challenger_that_lets_defects_through_is_rolled_back(prefect_server, r
         ("shadow", "promote"),
         ("50%", "rollback"),
     ]
-    assert aliases(registry) == {CHAMPION: "1", CHALLENGER: "2"}
+    assert aliases(registry) == {CHAMPION: "1"}  # withdrawn: no longer challenger
     client = open_store(registry).client
     assert rollout_state(client, MODEL) is None
+    with pytest.raises(NotServable, match="withdrawn .* rollback: escape"):
+        set_rollout(client, MODEL, "2", "shadow", 0.0, "shadow", "once more")
     events = audit(client, MODEL, "2")["events"]
-    rollback = [e for e in events if e["kind"] == "rollback"]
+    rollback = [e for e in events if e["kind"] == "rollback" and "stage" in e["detail"]]
     assert len(rollback) == 1 and rollback[0]["detail"]["stage"] == "50%"
     figures = rollback[0]["detail"]["figures"]
     assert figures["escape"]["k"] > 0 and figures["escape"]["lo"] > 0.05
@@ -267,7 +285,18 @@ def test_a_stage_that_stays_undecided_stops_the_rollout(prefect_server, registry
     result, _ = run_rollout(registry, tmp_path, overrides=["max_holds=1"], batch=20)
     assert result["outcome"] == "stopped" and result["champion"] == "1"
     assert result["stages"][-1]["stage"] == "50%"
-    assert result["reason"].startswith("undecided 1 checks past the window: too few labels")
+    assert result["reason"].startswith("undecided 3600 s past the window")
     client = open_store(registry).client
     assert rollout_state(client, MODEL) is None
     assert audit(client, MODEL, "2")["events"][-1]["detail"]["action"] == "stopped"
+
+
+def test_a_rejected_version_is_never_rolled_out(prefect_server, registry, tmp_path):
+    client = open_store(registry).client
+    reject(client, MODEL, "2", "qe.lin", "fairness audit: fab C escapes")
+    assert aliases(registry) == {CHAMPION: "1"}
+    with pytest.raises(NotServable, match="rejected by qe.lin: fairness audit"):
+        rollout(model_name=MODEL, tracking_uri=registry, version="2", overrides=FAST)
+    with pytest.raises(NotServable, match="rejected"):
+        set_rollout(client, MODEL, "2", "canary", 0.1, "10%", "by hand")
+    assert rollout_state(client, MODEL) is None

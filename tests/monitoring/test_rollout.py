@@ -10,11 +10,14 @@ import pytest
 from monitoring.rollout import (
     Outcome,
     RolloutConfig,
+    Stage,
     challenger_outcomes,
     decide_stage,
+    judge_check,
     load_rollout_config,
     stage_plan,
 )
+from monitoring.simulate_sequential import outcome_rates
 
 T0 = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
 CONFIG = RolloutConfig()
@@ -167,3 +170,41 @@ def test_challenger_outcomes_join_decisions_and_labels():
     assert decided[1].escaped and not decided[0].defective and decided[0].flagged
     judged = challenger_outcomes(records, labels, "4", decided_only=False)
     assert [o.inspection_id for o in judged] == ["insp-4", "insp-1", "insp-0"]
+
+
+def decided(outcomes: list[Outcome]) -> list[Outcome]:
+    """The same dies, decided by the challenger (a canary stage's share)."""
+    return [Outcome(o.die_id, o.inspection_id, o.at, o.label, o.flagged, True) for o in outcomes]
+
+
+STAGE = Stage("10%", "canary", 0.1, 6 * 3600.0)
+
+
+def test_a_stage_advances_on_all_scored_dies_once_it_decided_its_own():
+    shadow = spread(400, 24, 3) + flag(good(200), 10)  # scored in shadow, decided by none
+    entered = T0 + timedelta(hours=30)
+    held = judge_check(STAGE, shadow, entered, entered + timedelta(hours=1), CONFIG)
+    assert held.action == "hold" and "100 decided in the stage needed" in held.reason
+    own = decided(spread(100, 1, 0, start=entered, first=200_000))
+    advanced = judge_check(STAGE, shadow + own, entered, entered + timedelta(hours=1), CONFIG)
+    assert advanced.action == "promote" and advanced.figures["decided_in_stage"] == 100
+
+
+def test_a_stage_without_evidence_stops_past_its_window_and_shadow_waits_out_its_own():
+    few = spread(10, 1, 3)
+    late = T0 + timedelta(seconds=STAGE.window_s + CONFIG.max_holds * CONFIG.check_interval_s + 1)
+    assert judge_check(STAGE, few, T0, T0 + timedelta(hours=1), CONFIG).action == "hold"
+    stopped = judge_check(STAGE, few, T0, late, CONFIG)
+    assert stopped.action == "stop" and "past the window: too few labels" in stopped.reason
+    shadow = stage_plan(CONFIG)[0]
+    clean = spread(400, 24, 3) + flag(good(200), 10)
+    assert judge_check(shadow, clean, T0, NOW, CONFIG).action == "hold"  # 4 weeks of shadow
+    later = T0 + timedelta(seconds=shadow.window_s)
+    assert judge_check(shadow, clean, T0, later, CONFIG).action == "promote"
+
+
+def test_the_sequential_rule_promotes_sound_challengers_and_not_bad_ones():
+    sound = outcome_rates(0.002, 0.08, CONFIG, trials=100)
+    assert sound["promoted"] > 0.8 and sound["rolled_back"] < 0.05
+    bad = outcome_rates(0.03, 0.08, CONFIG, trials=100)
+    assert bad["promoted"] == 0.0 and bad["rolled_back"] > 0.8

@@ -11,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from registry import (
     audit,
     format_audit,
+    install_first,
     promote,
     record_approval,
     record_event,
@@ -37,7 +38,7 @@ def story(store, logged, model_name):
     version = register(client, model_name, logged.serving[KIND], LINEAGE)
     checklist = {"gate_passed": True, "validation_passed": True}
     record_approval(client, model_name, version, True, "alice", "checks green", False, checklist)
-    promote(client, model_name, version, "first champion")
+    promote(client, model_name, version, "first champion", None)
     for percent in (10, 100):
         record_event(client, model_name, version, "rollout", {"percent": percent})
     return audit(client, model_name, version)
@@ -102,7 +103,7 @@ def test_training_split_follows_the_champion(store, logged, model_name, run_file
     version = register(store.client, model_name, logged.serving[KIND], LINEAGE)
     with pytest.raises(MlflowException):
         training_split(store.client, model_name)  # no champion yet
-    promote(store.client, model_name, version, "first champion")
+    install_first(store.client, model_name, version, "first champion")
     split = training_split(store.client, model_name)
     assert split["digest"] == SPLIT_DIGESTS["train"]
     assert split["source"] == str(Path(run_files["splits"]["train"].source).resolve())

@@ -13,7 +13,7 @@ import pytest
 
 from model.onnx_runtime import operating_point_path
 from model.prepare import SCALER_FILE, TOKENIZER_FILE
-from registry import BundleError, download_bundle, log_bundle, promote, register
+from registry import BundleError, download_bundle, install_first, log_bundle, register
 from registry.bundle import MANIFEST_FILE, MODEL_FILE, OPERATING_POINT_FILE, VERSION_FILE, verify
 from tests.registry.fake_run import INT8_THRESHOLD, KIND
 
@@ -21,7 +21,7 @@ from tests.registry.fake_run import INT8_THRESHOLD, KIND
 @pytest.fixture
 def champion_bundle(store, logged, model_name, tmp_path):
     version = register(store.client, model_name, logged.serving[KIND], {})
-    promote(store.client, model_name, version, "first")
+    install_first(store.client, model_name, version, "first")
     return download_bundle(store.client, model_name, "champion", tmp_path / "bundle")
 
 
@@ -92,7 +92,7 @@ def test_a_ready_bundle_folder_registers_and_downloads(store, fp32_bundle, model
     record = log_bundle(store, "dieguard-first-champion", fp32_bundle, "baseline", git_commit="0a1")
     assert set(record.serving) == {"baseline"} and not record.reused
     version = register(store.client, model_name, record.serving["baseline"], {"first": True})
-    promote(store.client, model_name, version, "the CNN in production")
+    install_first(store.client, model_name, version, "the CNN in production")
     bundle = download_bundle(store.client, model_name, "champion", tmp_path / "champion")
     for name in (MODEL_FILE, OPERATING_POINT_FILE, SCALER_FILE, TOKENIZER_FILE):
         assert (bundle / name).read_bytes() == (fp32_bundle / name).read_bytes(), name

@@ -19,6 +19,7 @@ from registry import (
     rollback,
 )
 from registry.events import events
+from tests.registry.approvals import make_servable
 from tests.registry.fake_run import KIND
 
 
@@ -29,7 +30,10 @@ def aliases(client, name) -> dict[str, str]:
 def three_versions(client, name, logged) -> list[str]:
     """Versions 1, 2, 3 from the run's three logged models (INT8 bundle first)."""
     uris = [logged.models[f"{KIND}-{r}"] for r in ("int8", "fp32", "pytorch")]
-    return [register(client, name, uri, {"rank": i}) for i, uri in enumerate(uris)]
+    versions = [register(client, name, uri, {"rank": i}) for i, uri in enumerate(uris)]
+    for version in versions:
+        make_servable(client, name, version)
+    return versions
 
 
 def test_register_tags_lineage_and_sets_challenger(store, logged, model_name):
@@ -62,45 +66,47 @@ def test_champion_of_an_unknown_model_is_none(store):
 def test_first_promotion_makes_the_champion(store, logged, model_name):
     client = store.client
     v1 = register(client, model_name, logged.serving[KIND], {})
-    change = promote(client, model_name, v1, "first model")
+    make_servable(client, model_name, v1)
+    change = promote(client, model_name, v1, "first model", None)
     assert (change.champion, change.replaced, change.changed) == (v1, None, True)
     assert aliases(client, model_name) == {CHAMPION: v1}  # challenger moved off
     assert str(champion(client, model_name).version) == v1
     tags = client.get_model_version(model_name, v1).tags
     assert tags["promotion_reason"] == "first model"
     assert tags["promoted_over"] == ""
-    assert [e["kind"] for e in events(tags)] == ["promotion"]
+    assert [e["kind"] for e in events(tags)] == ["approval", "promotion"]
 
 
 def test_second_promotion_keeps_the_previous_champion(store, logged, model_name):
     client = store.client
     v1, v2, v3 = three_versions(client, model_name, logged)
-    promote(client, model_name, v1, "first")
-    change = promote(client, model_name, v2, "better escape rate")
+    promote(client, model_name, v1, "first", None)
+    change = promote(client, model_name, v2, "better escape rate", v1)
     assert (change.champion, change.replaced) == (v2, v1)
     assert aliases(client, model_name) == {CHAMPION: v2, PREVIOUS: v1, CHALLENGER: v3}
     old, new = (client.get_model_version(model_name, v).tags for v in (v1, v2))
     assert old["superseded_by"] == v2
     assert new["promoted_over"] == v1
-    assert [e["kind"] for e in events(old)] == ["promotion", "superseded"]
+    assert [e["kind"] for e in events(old)] == ["approval", "promotion", "superseded"]
 
 
 def test_promoting_the_champion_again_changes_nothing(store, logged, model_name):
     client = store.client
     v1 = register(client, model_name, logged.serving[KIND], {})
-    promote(client, model_name, v1, "first")
-    again = promote(client, model_name, v1, "retried task")
+    make_servable(client, model_name, v1)
+    promote(client, model_name, v1, "first", None)
+    again = promote(client, model_name, v1, "retried task", None)
     assert not again.changed
     tags = client.get_model_version(model_name, v1).tags
     assert tags["promotion_reason"] == "first"
-    assert len(events(tags)) == 1
+    assert len(events(tags)) == 2  # the approval and one promotion
 
 
 def test_rollback_restores_the_previous_champion(store, logged, model_name):
     client = store.client
     v1, v2, _ = three_versions(client, model_name, logged)
-    promote(client, model_name, v1, "first")
-    promote(client, model_name, v2, "second")
+    promote(client, model_name, v1, "first", None)
+    promote(client, model_name, v2, "second", v1)
     change = rollback(client, model_name, "escape rate rose in production")
     assert (change.champion, change.replaced, change.changed) == (v1, v2, True)
     assert str(champion(client, model_name).version) == v1
@@ -110,6 +116,7 @@ def test_rollback_restores_the_previous_champion(store, logged, model_name):
     assert bad["rolled_back_to"] == v1
     assert good["restore_reason"] == "escape rate rose in production"
     assert events(bad)[-1]["kind"] == "rollback" and events(good)[-1]["kind"] == "restored"
+    assert bad["withdrawn_reason"].startswith("rollback: escape rate rose")  # never again
     with pytest.raises(RollbackError):
         rollback(client, model_name, "nothing left to roll back to")
 
@@ -130,6 +137,7 @@ def test_approval_is_recorded_as_tags_with_utc_time(store, logged, model_name):
     tags = client.get_model_version(model_name, v1).tags
     assert tags["approval.decision"] == "rejected" and tags["approval.automatic"] == "true"
     assert [e["detail"]["decision"] for e in events(tags)] == ["approved", "rejected"]
+    assert CHALLENGER not in aliases(client, model_name)  # a rejected version is no challenger
 
 
 def test_events_are_numbered_in_order(store, logged, model_name):

@@ -18,9 +18,11 @@ import pytest
 from model.bundle import export_fp32_bundle
 from model.contract import read_split
 from model.onnx_runtime import operating_point_path
-from registry import log_bundle, open_store, promote, register
+from registry import CHAMPION, log_bundle, open_store, promote, register
+from registry.aliases import alias_version
 from service.config import ServiceConfig, parse_keys
 from service.embedded import serve_in_thread
+from tests.registry.approvals import make_servable
 
 MODEL_NAME = "dieguard-service-tests"
 KEYS = {"station": "station-key-1", "operator": "operator-key-1", "admin": "admin-key-1"}
@@ -90,13 +92,19 @@ def service_bundle(smoke_multimodal, smoke_prepared, tmp_path_factory) -> Path:
     return export_fp32_bundle(smoke_multimodal.folder / "model.pt", prepared.folder, dest)
 
 
-def register_bundle(tracking_uri: str, folder: Path, promote_it: bool = True) -> str:
-    """Log and register a bundle folder; promote it to champion when asked."""
+def register_bundle(
+    tracking_uri: str, folder: Path, promote_it: bool = True, approve: bool = True
+) -> str:
+    """Log and register a bundle folder, approved (gates passed) unless told otherwise;
+    promote it to champion when asked."""
     store = open_store(tracking_uri)
     record = log_bundle(store, f"{MODEL_NAME}-training", folder, "multimodal")
     version = register(store.client, MODEL_NAME, record.serving["multimodal"], {"test": True})
+    if approve:
+        make_servable(store.client, MODEL_NAME, version)
     if promote_it:
-        promote(store.client, MODEL_NAME, version, "service tests")
+        current = alias_version(store.client, MODEL_NAME, CHAMPION)
+        promote(store.client, MODEL_NAME, version, "service tests", current)
     return version
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from registry import open_store
+from registry import CHALLENGER, CHAMPION, audit, open_store, reject
 from registry.rollout_state import clear_rollout, set_rollout
 from tests.service.conftest import (
     MODEL_NAME,
@@ -19,6 +24,8 @@ from tests.service.conftest import (
 from tests.service.conftest import (
     inspect_ok as inspect,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -69,3 +76,52 @@ def test_the_service_follows_the_rollout_state(rollout_service, dies):
     clear_rollout(client, MODEL_NAME, "service test over")
     wait_for(lambda: routing(admin, "off", candidate=False))
     assert inspect(rollout_service, dies[4])["route"] == "off"
+
+
+def test_no_route_leads_to_a_version_that_may_not_serve(rollout_service, service_bundle, dies):
+    client = open_store(rollout_service.tracking_uri).client
+    admin = rollout_service.client("admin")
+    reject(client, MODEL_NAME, "3", "qe.lin", "escapes on fab C")
+    assert client.get_registered_model(MODEL_NAME).aliases == {CHAMPION: 1}
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, "3")  # a hand edit
+    refused = admin.put("/api/v1/admin/routing", json={"mode": "canary", "share": 1.0})
+    assert refused.status_code == 409 and "rejected by qe.lin" in refused.json()["detail"]
+    folder = variant(service_bundle, rollout_service.config.state_dir.parent / "v4", 0.25)
+    register_bundle(rollout_service.tracking_uri, folder, promote_it=False, approve=False)
+    refused = admin.put("/api/v1/admin/routing", json={"mode": "shadow"})
+    assert refused.status_code == 409 and "no approval on record" in refused.json()["detail"]
+    status = admin.get("/api/v1/admin/routing").json()
+    assert status["routing"]["mode"] == "off" and "candidate" not in status["models"]
+    assert decided_by(rollout_service, dies[0], "champion")
+
+
+@pytest.mark.slow  # the rollout's own Prefect server starts in the killed process
+def test_a_lapsed_lease_sends_every_die_back_to_the_champion(rollout_service, tmp_path, dies):
+    """The rollout process is killed mid-stage: within its lease the champion decides again."""
+    lease_s = 6.0
+    settings = ["shadow_window_s=0", "stages=[1.0]", "check_interval_s=0.5", f"lease_s={lease_s}"]
+    command = [sys.executable, "-m", "dieguard.cli", "rollout", "start", "--version", "2"]
+    where = ["--tracking-uri", rollout_service.tracking_uri]
+    where += ["--log-url", rollout_service.config.log_url, "--model-name", MODEL_NAME]
+    out = (tmp_path / "rollout.log").open("w")
+    env = os.environ | {"PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "240"  # a busy machine
+    process = subprocess.Popen(
+        [*command, *where, *settings], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+        start_new_session=True,  # its own group: the flow's Prefect server dies with it
+    )  # fmt: skip
+    try:
+        wait_for(lambda: decided_by(rollout_service, dies[0], "candidate"), timeout_s=300)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    killed = time.monotonic()
+    wait_for(lambda: decided_by(rollout_service, dies[1], "champion"), timeout_s=lease_s + 10)
+    assert time.monotonic() - killed < lease_s + 2  # the lease and a few watcher syncs
+    client = open_store(rollout_service.tracking_uri).client
+    last = audit(client, MODEL_NAME, "2")["events"][-1]
+    assert last["kind"] == "stalled" and last["detail"]["stage"] == "100%"
+    assert rollout_service.client("admin").get("/api/v1/admin/routing").json()["routing"] == {
+        "mode": "off",
+        "share": 0.0,
+    }

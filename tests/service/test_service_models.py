@@ -79,7 +79,8 @@ def test_a_promoted_candidate_stops_being_shadowed(own_service, service_bundle, 
     version = register_bundle(own_service.tracking_uri, other, promote_it=False)
     admin = own_service.client("admin")
     admin.put("/api/v1/admin/routing", json={"mode": "shadow"})
-    promote(open_store(own_service.tracking_uri).client, MODEL_NAME, version, "rollout done")
+    client = open_store(own_service.tracking_uri).client
+    promote(client, MODEL_NAME, version, "rollout done", "1")
     wait_for(lambda: inspect(own_service, dies[0])["model_version"] == version)
     status = wait_for(lambda: (s := admin.get("/api/v1/admin/routing").json())["models"] and s)
     assert "candidate" not in status["models"]
