@@ -32,6 +32,7 @@ PREFECT_DEFAULTS = {
 def main() -> None:
     """dieguard: multimodal inline die inspection."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not per download
     for name, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
 
