@@ -232,6 +232,31 @@ def retrain(config_path, model_name, tracking_uri, auto_approve, hold_for_rollou
         raise SystemExit(2)
 
 
+@main.command(name="explain-audit")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A synthetic data set (its synth_truth.csv records the causes).")  # fmt: skip
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False),
+              help="A serving bundle folder (default: the registry's champion).")  # fmt: skip
+@click.option("--model-name", default="dieguard", show_default=True)
+@TRACKING
+@click.option("--split", default="test", show_default=True)
+@click.option("--class", "defect_class", default="process_deviation", show_default=True)
+def explain_audit(data_dir, bundle, model_name, tracking_uri, split, defect_class) -> None:
+    """How often the served explanation names a recorded cause of the die's defect."""
+    import tempfile
+
+    from service.explanation_audit import explanation_audit, format_audit
+
+    with tempfile.TemporaryDirectory(prefix="dieguard-explain-") as tmp:
+        if bundle is None:
+            from registry import download_bundle, open_store
+
+            client = open_store(tracking_uri).client
+            bundle = download_bundle(client, model_name, "champion", Path(tmp) / "bundle")
+        counts = explanation_audit(bundle, data_dir, split, defect_class)
+    click.echo(format_audit(counts, defect_class))
+
+
 @main.command(name="audit")
 @click.argument("model_name")
 @click.argument("version")

@@ -12,8 +12,8 @@ import logging
 import time
 import uuid
 
-from model.schema import parameter_names
 from registry import CHAMPION
+from service.attribution import anomaly_attribution
 from service.engine import DieOutput, ModelEngine
 from service.explain import anomalous_parameters, explain, overlay_base64
 from service.models import CANDIDATE
@@ -63,10 +63,9 @@ def response_body(die: DieInput, output: DieOutput, engine: ModelEngine, sigma: 
         d.flagged,
         d.confidence,
         output.region_map,
-        output.process_attention,
         anomalies,
         bool(die.note),
-        parameter_names(),
+        anomaly_attribution(engine, die, output, anomalies),
     )
     return {
         "die_id": die.die_id,
