@@ -3,7 +3,8 @@
 Attention weights say where a region looked, not what moved the decision. Here each candidate
 parameter of one die is set back to its training mean (z = 0) on its own, the model is run
 again on those variants in one batch, and the parameter whose reset lowers the decided
-class's log-probability most is the one the decision rests on. It needs only the model's
+class's log-odds most is the one the decision rests on (log-odds, not probability: a
+confident call saturates its probability, not its log-odds). It needs only the model's
 logits, so it works the same on a PyTorch model and on an ONNX Runtime session.
 """
 
@@ -30,8 +31,9 @@ def occlusion_attribution(
         candidates: process column indices to test, each in [0, P).
         target: the decided class index.
     Returns:
-        (len(candidates),) the drop in the target's log-probability when that parameter alone
-        is reset to its training mean; positive = the value supports the decision.
+        (len(candidates),) the drop in the target's log-odds, log p / (1 - p), when that
+        parameter alone is reset to its training mean; positive = the value supports the
+        decision.
     """
     process = np.asarray(inputs[PROCESS_INPUT])
     if process.ndim != 2 or process.shape[0] != 1:
@@ -47,10 +49,13 @@ def occlusion_attribution(
     logits = np.asarray(run(batch), np.float64)
     if logits.ndim != 2 or logits.shape[0] != n or not 0 <= target < logits.shape[1]:
         raise ValueError(f"logits of shape {logits.shape} do not fit {n} dies and class {target}")
-    log_probs = logits - _logsumexp(logits)
-    return log_probs[0, target] - log_probs[1:, target]
+    odds = _log_odds(logits, target)
+    return odds[0] - odds[1:]
 
 
-def _logsumexp(logits: np.ndarray) -> np.ndarray:
-    peak = logits.max(axis=1, keepdims=True)
-    return peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+def _log_odds(logits: np.ndarray, target: int) -> np.ndarray:
+    """log p / (1 - p) of class `target` per row: its logit less the others' logsumexp."""
+    others = np.delete(logits, target, axis=1)
+    peak = others.max(axis=1, keepdims=True)
+    rest = peak[:, 0] + np.log(np.exp(others - peak).sum(axis=1))
+    return logits[:, target] - rest

@@ -19,7 +19,7 @@ def anomaly_attribution(
     for the vision-only baseline (one region, no process input) and without anomalies.
 
     Returns:
-        {parameter name: drop in the decided class's log-probability without its value}.
+        {parameter name: drop in the decided class's log-odds without its value}.
     """
     decision = output.decision
     if not decision.flagged or not anomalies or output.region_map.size == 1:

@@ -1,4 +1,4 @@
-"""Occlusion attribution: the decided class's log-probability without each candidate's value."""
+"""Occlusion attribution: the decided class's log-odds without each candidate's value."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def _linear(weights: np.ndarray):
     return run, seen
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max()
-    return shifted - np.log(np.exp(shifted).sum())
+def _log_odds(logits: np.ndarray, target: int) -> float:
+    p = np.exp(logits - logits.max())
+    p = p / p.sum()
+    return float(np.log(p[target] / (1 - p[target])))
 
 
 def test_the_parameter_that_drives_the_decided_class_carries_it():
@@ -36,7 +37,7 @@ def test_the_parameter_that_drives_the_decided_class_carries_it():
     assert shares[1] == pytest.approx(0.0) and shares[2] == pytest.approx(0.0)
     reset = process.copy()
     reset[0, 2] = 0.0
-    expected = _log_softmax(process[0] @ weights.T)[1] - _log_softmax(reset[0] @ weights.T)[1]
+    expected = _log_odds(process[0] @ weights.T, 1) - _log_odds(reset[0] @ weights.T, 1)
     assert shares[0] == pytest.approx(expected, rel=1e-6)
 
 
@@ -84,3 +85,12 @@ def test_bad_calls_are_refused(process, candidates, target, match):
     run, _ = _linear(np.ones((2, P)))
     with pytest.raises(ValueError, match=match):
         occlusion_attribution(run, {"process": process}, candidates, target)
+
+
+def test_a_confident_call_still_tells_the_carrier_from_the_rest():
+    weights = np.zeros((3, P))
+    weights[2, 0], weights[2, 1] = 10.0, 0.5  # p(class 2) ~ 1 with or without parameter 1
+    process = np.array([[3.0, 3.0, 0, 0, 0, 0]], np.float32)
+    run, _ = _linear(weights)
+    shares = occlusion_attribution(run, {"process": process}, [0, 1], target=2)
+    assert shares[0] == pytest.approx(30.0, rel=1e-3) and shares[1] == pytest.approx(1.5, rel=1e-3)

@@ -31,8 +31,9 @@ def _parsed(payload, process=None):
     return parse_die(payload.image, log, payload.die_id, payload.wafer_id, payload.note or None)
 
 
-def _log_p(engine: ModelEngine, die, cls: int) -> float:
-    return math.log(engine.predict([die], "champion")[0].decision.probabilities[CLASS_NAMES[cls]])
+def _log_odds(engine: ModelEngine, die, cls: int) -> float:
+    p = engine.predict([die], "champion")[0].decision.probabilities[CLASS_NAMES[cls]]
+    return math.log(p / (1.0 - p))
 
 
 def test_each_share_is_the_served_models_own_drop_without_that_value(flag_all, dies):
@@ -49,7 +50,7 @@ def test_each_share_is_the_served_models_own_drop_without_that_value(flag_all, d
     names = list(parameter_names())
     for name, share in shares.items():
         reset = dict(payload.process_log) | {name: float(engine.scaler.mean[names.index(name)])}
-        drop = _log_p(engine, die, cls) - _log_p(engine, _parsed(payload, reset), cls)
+        drop = _log_odds(engine, die, cls) - _log_odds(engine, _parsed(payload, reset), cls)
         assert share == pytest.approx(drop, abs=1e-4)
 
 
