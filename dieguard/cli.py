@@ -38,20 +38,28 @@ def main() -> None:
 )
 @click.option("--workers", type=int, default=None, help="Rendering processes (default: cores).")
 @click.option(
+    "--randomize",
+    is_flag=True,
+    help="Simulate a fab of its own, drawn from --seed (layouts, optics, defect looks, which "
+    "parameters each class moves, note wording), instead of the demo fab.",
+)
+@click.option(
     "--audit",
     "audit_dir",
     type=click.Path(file_okay=False),
     help="Run the signal audit on this data set (after generating, if --out names it).",
 )
-def synth(out_dir, n, seed, val_n, test_n, drift, workers, audit_dir) -> None:
+def synth(out_dir, n, seed, val_n, test_n, drift, workers, randomize, audit_dir) -> None:
     """Generate a synthetic data set in the dataset contract, or audit one."""
     from model.synthetic.generate import generate_dataset
+    from model.synthetic.world import draw_world
 
     if not out_dir and not audit_dir:
         raise click.UsageError("give --out to generate, --audit to audit, or both")
     if out_dir:
         started = time.perf_counter()
-        plan = generate_dataset(out_dir, n, seed, val_n, test_n, drift, workers)
+        world = draw_world(seed) if randomize else None
+        plan = generate_dataset(out_dir, n, seed, val_n, test_n, drift, workers, world)
         sizes = plan.groupby("split").size().to_dict()
         seconds = time.perf_counter() - started
         click.echo(f"wrote {len(plan)} dies to {out_dir} {sizes} in {seconds:.1f}s")
