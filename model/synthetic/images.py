@@ -167,7 +167,7 @@ def _blend(img: np.ndarray, mask: Image.Image, rng, contrast_range, soften: floa
     img += a * target.astype(np.float32)
 
 
-def _pattern_defect(metal: np.ndarray, rng, faint: bool, look: Look) -> None:
+def _pattern_defect(metal: np.ndarray, rng, faint: bool, look: Look = DEMO) -> None:
     """Bridged, missing or shifted lines in one local region of the metal mask."""
     low, high = look.pattern_size
     size = int(rng.integers(14 * low // 22, 24 * low // 22) if faint else rng.integers(low, high))

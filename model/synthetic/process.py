@@ -94,21 +94,21 @@ def _season(timestamps: pd.Series) -> np.ndarray:
 def _defect_deviations(rng, z: np.ndarray, plan: pd.DataFrame, col: dict, world: World) -> list:
     """Add the contract's defect-linked deviations in place; name the parameters moved."""
     causes = []
-    for i, label in enumerate(plan["label"].to_numpy()):
+    for i, (label, split) in enumerate(zip(plan["label"].to_numpy(), plan["split"])):
         if world.traces is None:
             moved = _DEVIATIONS[label](rng, z[i], col)
         else:
-            moved = _world_deviation(rng, z[i], col, world, int(label))
+            moved = _world_deviation(rng, z[i], col, world.root_causes(split), world, int(label))
         causes.append(";".join(moved))
     return causes
 
 
-def _world_deviation(rng, row, col, world: World, label: int) -> list[str]:
-    """A drawn world's story: its traces for visible classes, its root causes for class 4."""
+def _world_deviation(rng, row, col, causes: tuple, world: World, label: int) -> list[str]:
+    """A drawn world's story: its traces for visible classes, one of `causes` for class 4."""
     if label == 0:
         return _good(rng, row, col)
     if label == 4:
-        cause, *drags = world.deviations[int(rng.integers(len(world.deviations)))]
+        cause, *drags = causes[int(rng.integers(len(causes)))]
         sign, size = rng.choice([-1, 1]), rng.uniform(*world.deviation_size)
         _push(row, col[cause], sign, size)
         for name in drags:

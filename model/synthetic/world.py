@@ -76,6 +76,14 @@ class World:
     deviations: tuple[tuple[str, ...], ...] | None = None  # each: a cause, then what it drags
     deviation_size: tuple[float, float] = (3.2, 6.0)
     drag: float = 0.6  # share of the cause's move that its companions follow
+    holdout: bool = False  # test dies deviate by the second half of `deviations`, others the first
+
+    def root_causes(self, split: str) -> tuple[tuple[str, ...], ...]:
+        """The deviations a split's process-deviation dies draw from."""
+        if not self.holdout:
+            return self.deviations
+        half = len(self.deviations) // 2
+        return self.deviations[half:] if split == "test" else self.deviations[:half]
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
@@ -96,6 +104,7 @@ class World:
             deviations=deviations,
             deviation_size=tuple(raw["deviation_size"]),
             drag=raw["drag"],
+            holdout=raw.get("holdout", False),
         )
 
 
@@ -104,8 +113,12 @@ def step_parameters(*steps: str) -> list[str]:
     return [p.name for p in process_parameters() if p.process_step in steps]
 
 
-def draw_world(seed: int) -> World:
-    """A randomized fab, a function of `seed` alone."""
+def draw_world(seed: int, holdout: bool = False) -> World:
+    """A randomized fab, a function of `seed` alone.
+
+    With `holdout`, its process deviations have 6 root causes: the training and validation
+    dies deviate by three of them, the test dies by the other three (no parameter shared).
+    """
     rng = np.random.default_rng([seed, 77])
     traces = {
         label: _draw_trace(rng, step_parameters(*steps)) for label, steps in CAUSE_STEPS.items()
@@ -119,9 +132,10 @@ def draw_world(seed: int) -> World:
             phrase_seed=int(rng.integers(0, 2**31 - 1)),
         ),
         traces=traces,
-        deviations=_draw_deviations(rng),
+        deviations=_draw_deviations(rng, holdout),
         deviation_size=(low, low + float(rng.uniform(1.5, 3.5))),
         drag=float(rng.uniform(0.3, 0.8)),
+        holdout=holdout,
     )
 
 
@@ -136,17 +150,25 @@ def _draw_trace(rng: np.random.Generator, candidates: list[str]) -> Trace:
     )
 
 
-def _draw_deviations(rng: np.random.Generator) -> tuple[tuple[str, ...], ...]:
-    """3 to 6 root causes among the thermal, etch, deposition and film parameters."""
-    candidates = step_parameters(*DEVIATION_STEPS)
-    causes = rng.choice(candidates, size=int(rng.integers(3, 7)), replace=False)
+def _draw_deviations(rng: np.random.Generator, holdout: bool) -> tuple[tuple[str, ...], ...]:
+    """3 to 6 root causes (6 for a hold-out) among the thermal, etch and deposition
+    parameters, each dragging up to one parameter of its step that no other cause moves."""
+    free = step_parameters(*DEVIATION_STEPS)
+    count = 6 if holdout else int(rng.integers(3, 7))
+    causes = [str(c) for c in rng.choice(free, size=count, replace=False)]
+    free = [p for p in free if p not in causes]
     out = []
     for cause in causes:
-        step = next(p.process_step for p in process_parameters() if p.name == cause)
-        mates = [p for p in step_parameters(step) if p != cause]
-        drags = rng.choice(mates, size=int(rng.integers(0, 2)), replace=False)
-        out.append((str(cause), *map(str, drags)))
+        mates = [p for p in free if _step(p) == _step(cause)]
+        size = min(len(mates), int(rng.integers(0, 2)))
+        drags = [str(d) for d in rng.choice(mates, size=size, replace=False)] if size else []
+        free = [p for p in free if p not in drags]
+        out.append((cause, *drags))
     return tuple(out)
+
+
+def _step(name: str) -> str:
+    return next(p.process_step for p in process_parameters() if p.name == name)
 
 
 def _draw_look(rng: np.random.Generator) -> Look:

@@ -40,7 +40,7 @@ def test_a_world_is_a_function_of_its_seed_and_seeds_differ():
 
 
 def test_a_world_reads_back_as_saved(tmp_path):
-    for world in (draw_world(7), World()):
+    for world in (draw_world(7), draw_world(8, holdout=True), World()):
         world.save(tmp_path / WORLD_FILE)
         assert World.load(tmp_path / WORLD_FILE) == world
 
@@ -112,3 +112,21 @@ def test_synth_randomize_writes_its_world_and_the_truth(tmp_path):
 def test_the_demo_fab_writes_no_world_file(tmp_path):
     generate_dataset(tmp_path, n=20, val_n=3, test_n=3, seed=0, workers=1)
     assert not (tmp_path / WORLD_FILE).exists()
+
+
+def test_a_holdout_world_keeps_the_test_splits_causes_apart():
+    world = draw_world(5, holdout=True)
+    seen, held = world.root_causes("train"), world.root_causes("test")
+    assert len(seen) == len(held) == 3 and world.root_causes("val") == seen
+    assert not {p for c in seen for p in c} & {p for c in held for p in c}
+    plan = plan_dies(SplitSizes.from_total(6000), seed=5)
+    _, causes = draw_process_logs(plan, 6, world=world)
+    for split, own in (("train", seen), ("val", seen), ("test", held)):
+        moved = causes[(plan["split"] == split) & (plan["label"] == 4)]
+        assert len(moved) > 10 and {tuple(c.split(";")) for c in moved} <= set(own)
+
+
+def test_holdout_needs_randomize(tmp_path):
+    args = ["synth", "--out", str(tmp_path / "x"), "--n", "20", "--holdout"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "--randomize" in result.output
