@@ -17,7 +17,7 @@ from service.engine import ModelEngine
 from service.explain import anomalous_parameters
 from service.explanation_audit import explanation_audit, format_audit
 from service.inputs import parse_die
-from tests.service.conftest import variant
+from tests.service.conftest import MODEL_NAME, variant
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,13 @@ def test_the_command_prints_the_audit(flag_all, tiny_data):
     result = CliRunner().invoke(main, [*args, "--split", "val"])
     assert result.exit_code == 0, result.output
     assert "explanation names a true cause:" in result.output
+
+
+def test_the_command_audits_the_registrys_champion_by_default(registry_uri, tiny_data):
+    args = ["explain-audit", "--data-dir", str(tiny_data), "--split", "val"]
+    args += ["--tracking-uri", registry_uri, "--model-name", MODEL_NAME]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    labels = read_split(tiny_data / "val").labels
+    n = int(np.sum(labels == CLASS_NAMES.index("process_deviation")))
+    assert f"process_deviation dies: {n}, flagged" in result.output
