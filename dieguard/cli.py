@@ -51,20 +51,36 @@ def main() -> None:
 )
 @click.option("--workers", type=int, default=None, help="Rendering processes (default: cores).")
 @click.option(
+    "--randomize",
+    is_flag=True,
+    help="Simulate a fab of its own, drawn from --seed (layouts, optics, defect looks, which "
+    "parameters each class moves, note wording), instead of the demo fab.",
+)
+@click.option(
+    "--holdout",
+    is_flag=True,
+    help="With --randomize: test dies deviate by other process parameters than train and "
+    "val dies (6 root causes, 3 and 3).",
+)
+@click.option(
     "--audit",
     "audit_dir",
     type=click.Path(file_okay=False),
     help="Run the signal audit on this data set (after generating, if --out names it).",
 )
-def synth(out_dir, n, seed, val_n, test_n, drift, workers, audit_dir) -> None:
+def synth(out_dir, n, seed, val_n, test_n, drift, workers, randomize, holdout, audit_dir):
     """Generate a synthetic data set in the dataset contract, or audit one."""
     from model.synthetic.generate import generate_dataset
+    from model.synthetic.world import draw_world
 
     if not out_dir and not audit_dir:
         raise click.UsageError("give --out to generate, --audit to audit, or both")
     if out_dir:
         started = time.perf_counter()
-        plan = generate_dataset(out_dir, n, seed, val_n, test_n, drift, workers)
+        if holdout and not randomize:
+            raise click.UsageError("--holdout draws a fab of its own: give --randomize too")
+        world = draw_world(seed, holdout) if randomize else None
+        plan = generate_dataset(out_dir, n, seed, val_n, test_n, drift, workers, world)
         sizes = plan.groupby("split").size().to_dict()
         seconds = time.perf_counter() - started
         click.echo(f"wrote {len(plan)} dies to {out_dir} {sizes} in {seconds:.1f}s")
@@ -99,6 +115,24 @@ def train(config_path, kind, overrides) -> None:
 
     cfg = load_config(config_path, list(overrides))
     train_and_report(cfg, ("baseline", "multimodal") if kind == "both" else (kind,))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True))
+@click.option("--train-data", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--eval-data", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="A held-out data set whose test split is scored (repeatable).")  # fmt: skip
+@click.option("--kind", type=click.Choice(["baseline", "multimodal"]), default="multimodal")
+@click.argument("overrides", nargs=-1)
+def generalize(config_path, train_data, eval_data, kind, overrides) -> None:
+    """Train once on one data set; gates, catch rates and no-notes figures on each other."""
+    from model.config import load_config
+    from model.generalize import format_report
+    from model.generalize import generalize as run_generalize
+
+    cfg = load_config(config_path, list(overrides))
+    click.echo(format_report(run_generalize(cfg, train_data, list(eval_data), kind)))
 
 
 @main.command()
@@ -242,6 +276,31 @@ def retrain(config_path, model_name, tracking_uri, auto_approve, hold_for_rollou
         click.echo("\n" + format_audit(audit(client, model_name, shown)))
     if refused:
         raise SystemExit(2)
+
+
+@main.command(name="explain-audit")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A synthetic data set (its synth_truth.csv records the causes).")  # fmt: skip
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False),
+              help="A serving bundle folder (default: the registry's champion).")  # fmt: skip
+@click.option("--model-name", default="dieguard", show_default=True)
+@TRACKING
+@click.option("--split", default="test", show_default=True)
+@click.option("--class", "defect_class", default="process_deviation", show_default=True)
+def explain_audit(data_dir, bundle, model_name, tracking_uri, split, defect_class) -> None:
+    """How often the served explanation names a recorded cause of the die's defect."""
+    import tempfile
+
+    from service.explanation_audit import explanation_audit, format_audit
+
+    with tempfile.TemporaryDirectory(prefix="dieguard-explain-") as tmp:
+        if bundle is None:
+            from registry import download_bundle, open_store
+
+            client = open_store(tracking_uri).client
+            bundle = download_bundle(client, model_name, "champion", Path(tmp) / "bundle")
+        counts = explanation_audit(bundle, data_dir, split, defect_class)
+    click.echo(format_audit(counts, defect_class))
 
 
 @main.command(name="audit")

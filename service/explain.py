@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -213,10 +214,9 @@ def explain(
     flagged: bool,
     confidence: float,
     region_map: np.ndarray,
-    process_attention: np.ndarray,
     anomalies: list[dict],
     note_present: bool,
-    parameter_names: tuple[str, ...],
+    attribution: Mapping[str, float],
 ) -> str:
     """One or two plain sentences on why the model decided as it did.
 
@@ -225,15 +225,16 @@ def explain(
         flagged: whether the die was flagged (a defect class when True, "good" when False).
         confidence: probability of the returned class.
         region_map: (K,) attention over the image regions (K == 1: vision-only baseline).
-        process_attention: (K, P) region-to-parameter attention.
         anomalies: `anomalous_parameters` output for this die, largest |z| first.
         note_present: whether the operator gave a note.
-        parameter_names: the P parameter names, in the model's column order.
+        attribution: how much of the decision each out-of-range parameter carries
+            (model.attribution.occlusion_attribution by name); absent names carry none.
     Returns:
         the explanation text.
     """
     _check_decision(class_name, flagged, confidence)
-    weights, attention = _check_attention(region_map, process_attention, parameter_names)
+    weights = _check_region_map(region_map)
+    region_grid(weights.size)
     for anomaly in anomalies:
         _check_anomaly(anomaly)
     largest = anomalies[0] if anomalies else None
@@ -248,31 +249,37 @@ def explain(
         if largest is None:
             return f"{verdict} {score}."
         return f"{verdict} {score}; {_is(largest)} but the image looks clean."
-    region = int(np.argmax(weights))
-    name = region_name(region, region_grid(weights.size))
-    text = f"{verdict} in region {name} {score}; " + _link(
-        attention[region], anomalies, parameter_names
-    )
+    name = region_name(int(np.argmax(weights)), region_grid(weights.size))
+    text = f"{verdict} in region {name} {score}; " + _link(anomalies, attribution)
     if not note_present and confidence < UNSURE_BELOW:
         text += " No operator note was given to confirm it."
     return text
 
 
-def _link(row: np.ndarray, anomalies: list[dict], names: tuple[str, ...]) -> str:
-    """The clause on the parameter the attended region reads most (P,) and the deviations."""
-    by_name = {a["name"]: a for a in anomalies}
-    largest = anomalies[0] if anomalies else None
-    if row.max() <= 0:
-        return f"{_is(largest)}." if largest is not None else "no process value is out of range."
-    linked = names[int(np.argmax(row))]
-    if linked in by_name:
-        return f"the model links that region most to {_which(by_name[linked])}."
-    if largest is not None:
-        return (
-            f"the model links that region most to {linked}, while the largest process"
-            f" deviation is {_at(largest)}."
-        )
-    return f"the model links that region most to {linked}, and no process value is out of range."
+def rests_on(anomalies: list[dict], attribution: Mapping[str, float]) -> dict | None:
+    """The out-of-range parameter that carries most of the decision, if any carries some.
+
+    Args:
+        anomalies: `anomalous_parameters` output for the die.
+        attribution: decision share by parameter name (positive = supports the decision).
+    Returns:
+        that anomaly entry, or None when no out-of-range value supports the decision.
+    """
+    for name, share in attribution.items():
+        if not math.isfinite(share):
+            raise ValueError(f"the attribution of {name!r} is not a finite number: {share}")
+    supported = [a for a in anomalies if attribution.get(a["name"], 0.0) > 0.0]
+    return max(supported, key=lambda a: attribution[a["name"]], default=None)
+
+
+def _link(anomalies: list[dict], attribution: Mapping[str, float]) -> str:
+    """The clause on the process value the decision rests on most."""
+    if not anomalies:
+        return "no process value is out of range."
+    carrier = rests_on(anomalies, attribution)
+    if carrier is None:
+        return f"{_is(anomalies[0])}, but the decision does not rest on it."
+    return f"the decision rests most on {_which(carrier)}."
 
 
 def _check_decision(class_name: str, flagged: bool, confidence: float) -> None:
@@ -283,22 +290,6 @@ def _check_decision(class_name: str, flagged: bool, confidence: float) -> None:
         raise ValueError(f"a {state} die cannot have class {class_name!r}")
     if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
         raise ValueError(f"confidence must be in [0, 1], got {confidence}")
-
-
-def _check_attention(
-    region_map: np.ndarray, process_attention: np.ndarray, names: tuple[str, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    weights = _check_region_map(region_map)
-    region_grid(weights.size)
-    attention = np.asarray(process_attention, np.float64)
-    if attention.shape != (weights.size, len(names)):
-        raise ValueError(
-            f"process attention must have shape ({weights.size}, {len(names)}),"
-            f" got {attention.shape}"
-        )
-    if not np.all(np.isfinite(attention)):
-        raise ValueError("process attention must be finite")
-    return weights, attention
 
 
 def _check_anomaly(anomaly: dict) -> None:

@@ -13,8 +13,8 @@ import logging
 import time
 import uuid
 
-from model.schema import parameter_names
 from registry import CHAMPION
+from service.attribution import anomaly_attribution
 from service.batcher import DeadlineError, OverloadedError
 from service.engine import DieOutput, ModelEngine
 from service.explain import anomalous_parameters, explain, overlay_base64
@@ -113,10 +113,9 @@ def response_body(die: DieInput, output: DieOutput, engine: ModelEngine, sigma: 
         d.flagged,
         d.confidence,
         output.region_map,
-        output.process_attention,
         anomalies,
         bool(die.note),
-        parameter_names(),
+        anomaly_attribution(engine, die, output, anomalies),
     )
     return {
         "die_id": die.die_id,

@@ -23,6 +23,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from model.schema import CLASS_NAMES, METADATA_FILE, PROCESS_LOGS_FILE, parameter_names
 from model.synthetic.generate import TRUTH_FILE
 from model.synthetic.images import render_die
+from model.synthetic.world import WORLD_FILE, Look, World
 
 SIGNATURE_LEVEL = 12  # grey levels: about three times the strongest sensor noise
 SIGNATURE_PIXELS = 8  # changed pixels for a defect to count as visible
@@ -43,7 +44,7 @@ def signal_audit(data_dir: str | Path, max_per_class: int = 60, seed: int = 0) -
     process = np.hstack([z, top])
     return {
         "discoloration": _discoloration_test(dies, features, process, seed),
-        "visibility": _visibility(dies, max_per_class, seed),
+        "visibility": _visibility(dies, max_per_class, seed, _look(root)),
         "image_statistics_auc": _per_class_auc(dies, features, seed),
     }
 
@@ -108,12 +109,18 @@ def _discoloration_test(dies, features, process, seed) -> dict:
     }
 
 
-def _visibility(dies: pd.DataFrame, max_per_class: int, seed: int) -> dict:
+def _look(root: Path) -> Look:
+    """The looks the set was rendered with: its drawn world's, else the demo fab's."""
+    path = root / WORLD_FILE
+    return World.load(path).look if path.is_file() else Look()
+
+
+def _visibility(dies: pd.DataFrame, max_per_class: int, seed: int, look: Look) -> dict:
     out = {}
     for label in range(1, len(CLASS_NAMES)):
         rows = dies[dies["label"] == label]
         rows = rows.sample(min(len(rows), max_per_class), random_state=seed)
-        changed = [_changed_pixels(r) for r in rows.to_dict("records")]
+        changed = [_changed_pixels(r, look) for r in rows.to_dict("records")]
         out[CLASS_NAMES[label]] = {
             "n": len(changed),
             "visible_share": float(np.mean([c >= SIGNATURE_PIXELS for c in changed]))
@@ -124,9 +131,9 @@ def _visibility(dies: pd.DataFrame, max_per_class: int, seed: int) -> dict:
     return out
 
 
-def _changed_pixels(row: dict) -> int:
-    with_defect = render_die(row).astype(np.int16)
-    without = render_die(row, with_defect=False).astype(np.int16)
+def _changed_pixels(row: dict, look: Look) -> int:
+    with_defect = render_die(row, look=look).astype(np.int16)
+    without = render_die(row, with_defect=False, look=look).astype(np.int16)
     return int((np.abs(with_defect - without).max(axis=2) > SIGNATURE_LEVEL).sum())
 
 

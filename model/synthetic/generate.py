@@ -24,6 +24,7 @@ from model.synthetic.images import render_die
 from model.synthetic.notes import write_note
 from model.synthetic.plan import SplitSizes, plan_dies
 from model.synthetic.process import TEMPERATURE_ZONES, draw_process_logs
+from model.synthetic.world import WORLD_FILE, Look, Wording, World
 
 TRUTH_FILE = "synth_truth.csv"  # hidden causes, beside the splits, for audits only
 
@@ -53,6 +54,7 @@ def generate_dataset(
     test_n: int | None = None,
     drift: str = "none",
     workers: int | None = None,
+    world: World | None = None,
 ) -> pd.DataFrame:
     """Generate `n` dies split by lot into train/val/test under `out_dir`.
 
@@ -63,6 +65,8 @@ def generate_dataset(
         val_n, test_n: split sizes (default 20% each); train gets the rest.
         drift: a preset of DRIFTS applied to every die.
         workers: image-rendering processes (default: all cores).
+        world: the fab to simulate (model.synthetic.world; default: the demo fab). A given
+            world is written beside the splits as synth_world.json.
     Returns:
         The plan: one row per die with its split, label and hidden causes.
     """
@@ -70,27 +74,29 @@ def generate_dataset(
         raise ValueError(f"unknown drift preset {drift!r}; choose from {sorted(DRIFTS)}")
     preset = DRIFTS[drift]
     out = Path(out_dir)
+    fab = world or World()
     plan = plan_dies(SplitSizes.from_total(n, val_n, test_n), seed)
-    values, causes = draw_process_logs(plan, seed + 1, preset.process_shift)
+    values, causes = draw_process_logs(plan, seed + 1, preset.process_shift, fab)
     plan["process_cause"] = causes
-    notes = _draw_notes(plan, preset)
+    notes = _draw_notes(plan, preset, fab.wording)
     for split, idx in plan.groupby("split").groups.items():
         _write_tables(out / split, plan.loc[idx], values.loc[idx], notes.loc[idx])
-    _render_all(out, plan, preset.illumination, workers or os.cpu_count() or 1)
+    _render_all(out, plan, preset.illumination, workers or os.cpu_count() or 1, fab.look)
+    if world is not None:
+        world.save(out / WORLD_FILE)
     plan.drop(columns=[c for c in plan.columns if c in METADATA_COLUMNS[1:]]).to_csv(
         out / TRUTH_FILE, index=False
     )
     return plan
 
 
-def _draw_notes(plan: pd.DataFrame, preset: Drift) -> pd.Series:
+def _draw_notes(plan: pd.DataFrame, preset: Drift, wording: Wording) -> pd.Series:
     texts = []
     for row in plan.itertuples():
         rng = np.random.default_rng([row.die_seed, 1])
+        words = list(preset.note_words)
         has = row.has_note
-        texts.append(
-            write_note(row.label, row.process_cause, rng, list(preset.note_words)) if has else ""
-        )
+        texts.append(write_note(row.label, row.process_cause, rng, words, wording) if has else "")
     return pd.Series(texts, index=plan.index)
 
 
@@ -103,7 +109,7 @@ def _write_tables(split_dir: Path, plan: pd.DataFrame, values: pd.DataFrame, not
     (split_dir / NOTES_FILE).write_text(json.dumps(present, indent=0, sort_keys=True))
 
 
-def _render_all(out: Path, plan: pd.DataFrame, illumination: float, workers: int) -> None:
+def _render_all(out: Path, plan: pd.DataFrame, illumination: float, workers: int, look: Look):
     cols = [
         "die_id",
         "split",
@@ -118,7 +124,7 @@ def _render_all(out: Path, plan: pd.DataFrame, illumination: float, workers: int
     ]
     records = plan[cols].to_dict("records")
     chunks = [records[i : i + 256] for i in range(0, len(records), 256)]
-    jobs = [(str(out), chunk, illumination) for chunk in chunks]
+    jobs = [(str(out), chunk, illumination, look) for chunk in chunks]
     if workers <= 1 or len(chunks) == 1:
         for job in jobs:
             _render_chunk(job)
@@ -127,9 +133,9 @@ def _render_all(out: Path, plan: pd.DataFrame, illumination: float, workers: int
         list(pool.map(_render_chunk, jobs))
 
 
-def _render_chunk(job: tuple[str, list[dict], float]) -> None:
-    out, records, illumination = job
+def _render_chunk(job: tuple[str, list[dict], float, Look]) -> None:
+    out, records, illumination, look = job
     for row in records:
-        pixels = render_die(row, illumination)
+        pixels = render_die(row, illumination, look=look)
         path = Path(out) / row["split"] / IMAGES_DIR / f"{row['die_id']}.png"
         Image.fromarray(pixels).save(path, compress_level=1)

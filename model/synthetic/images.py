@@ -14,17 +14,20 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
 from model.schema import IMAGE_SIZE
+from model.synthetic.world import Look
 
 PAD = 8  # layout margin that misalignment shifts into
-SUBSTRATE = np.array([0.30, 0.34, 0.32])
-METAL = np.array([0.78, 0.74, 0.62])
 VIA = np.array([0.18, 0.16, 0.20])
+DEMO = Look()
 
 
 @lru_cache(maxsize=8)
-def layout(fab: str) -> tuple[np.ndarray, np.ndarray]:
-    """The fab's product layout: (metal mask, via mask), float32, at least IMAGE_SIZE + 2*PAD."""
-    rng = np.random.default_rng(sum(map(ord, fab)) * 7919)
+def layout(fab: str, seed: int = 0, periods: tuple[int, ...] = DEMO.periods):
+    """The fab's product layout: (metal mask, via mask), float32, at least IMAGE_SIZE + 2*PAD.
+
+    `seed` and `periods` (line pitches in pixels) are the world's (model.synthetic.world).
+    """
+    rng = np.random.default_rng(sum(map(ord, fab)) * 7919 + seed)
     block = 32
     side = -(-(IMAGE_SIZE + 2 * PAD) // block) * block  # whole blocks covering die and margin
     metal = np.zeros((side, side), np.float32)
@@ -32,7 +35,7 @@ def layout(fab: str) -> tuple[np.ndarray, np.ndarray]:
     for by in range(0, side, block):
         for bx in range(0, side, block):
             kind = rng.choice(["h", "v", "pads", "h", "v"])
-            period = int(rng.choice([6, 8, 8, 10]))
+            period = int(rng.choice(list(periods)))
             width = int(rng.integers(2, period // 2 + 1))
             tile = metal[by : by + block, bx : bx + block]
             if kind == "h":
@@ -51,7 +54,9 @@ def layout(fab: str) -> tuple[np.ndarray, np.ndarray]:
     return metal, vias
 
 
-def render_die(row: dict, illumination: float = 1.0, with_defect: bool = True) -> np.ndarray:
+def render_die(
+    row: dict, illumination: float = 1.0, with_defect: bool = True, look: Look = DEMO
+) -> np.ndarray:
     """Render one die as uint8 (IMAGE_SIZE, IMAGE_SIZE, 3) from its plan row.
 
     Args:
@@ -59,20 +64,21 @@ def render_die(row: dict, illumination: float = 1.0, with_defect: bool = True) -
         illumination: global light level (1.0 nominal; a drift preset may change it).
         with_defect: False renders the same die without its defect (for the signal audit);
             the defect has its own random stream, so everything else stays identical.
+        look: the world's optics and defect looks (default: the demo fab's).
     """
     rng = np.random.default_rng([row["die_seed"], 2])
     defect_rng = np.random.default_rng([row["die_seed"], 3])
     label = row["label"] if with_defect else 0
     discolored = row["discoloration"] and (with_defect or row["label"] == 0)
-    metal_full, via_full = layout(row["fab"])
-    dx, dy = rng.integers(-3, 4, size=2)
+    metal_full, via_full = layout(row["fab"], look.layout_seed, tuple(look.periods))
+    dx, dy = rng.integers(-look.misalignment, look.misalignment + 1, size=2)
     sl = np.s_[PAD + dy : PAD + dy + IMAGE_SIZE, PAD + dx : PAD + dx + IMAGE_SIZE]
     metal, vias = metal_full[sl].copy(), via_full[sl]
     if label == 3:
-        _pattern_defect(metal, defect_rng, faint=row["faint"])
+        _pattern_defect(metal, defect_rng, row["faint"], look)
     metal = gaussian_filter(metal, 0.6)
-    substrate = (SUBSTRATE + rng.normal(0, 0.025, 3)).astype(np.float32)
-    metal_colour = (METAL + rng.normal(0, 0.03, 3)).astype(np.float32)
+    substrate = (np.array(look.substrate) + rng.normal(0, 0.025, 3)).astype(np.float32)
+    metal_colour = (np.array(look.metal) + rng.normal(0, 0.03, 3)).astype(np.float32)
     img = substrate + metal[..., None] * (metal_colour - substrate)
     img += vias[..., None] * (VIA.astype(np.float32) - img) * np.float32(0.8)
     if discolored:
@@ -80,12 +86,12 @@ def render_die(row: dict, illumination: float = 1.0, with_defect: bool = True) -
     if rng.random() < 0.10:  # faint smudge: cosmetic, any class
         _discolor(img, rng, strength=0.35, tint=np.array([-0.1, -0.1, -0.1]))
     if label == 1:
-        _particles(img, defect_rng, faint=row["faint"])
+        _particles(img, defect_rng, row["faint"], look)
     elif label == 2:
-        _scratch(img, defect_rng, faint=row["faint"])
-    img *= _illumination(row, rng) * np.float32(illumination)
-    img = gaussian_filter(img, (rng.uniform(0.3, 0.9),) * 2 + (0,))
-    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0.008, 0.02))
+        _scratch(img, defect_rng, row["faint"], look)
+    img *= _illumination(row, rng, look.gain) * np.float32(illumination)
+    img = gaussian_filter(img, (rng.uniform(*look.blur),) * 2 + (0,))
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(*look.noise))
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -95,12 +101,12 @@ def _grid() -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _illumination(row: dict, rng: np.random.Generator) -> np.ndarray:
+def _illumination(row: dict, rng: np.random.Generator, gain: tuple[float, float]) -> np.ndarray:
     """Gain, a lamp gradient, and a darker ramp towards the wafer edge for edge dies."""
     yy, xx = _grid()
     yy, xx = yy / IMAGE_SIZE - 0.5, xx / IMAGE_SIZE - 0.5
     theta = rng.uniform(0, 2 * np.pi)
-    light = rng.uniform(0.88, 1.12) * (
+    light = rng.uniform(*gain) * (
         1 + rng.uniform(0, 0.12) * (xx * np.cos(theta) + yy * np.sin(theta))
     )
     if row["wafer_zone"] == "edge":
@@ -127,18 +133,18 @@ def _discolor(img: np.ndarray, rng, strength: float = 1.0, tint: np.ndarray | No
     img *= 1 + field[..., None] * tint.astype(np.float32)
 
 
-def _particles(img: np.ndarray, rng, faint: bool) -> None:
+def _particles(img: np.ndarray, rng, faint: bool, look: Look) -> None:
     mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE))
     draw = ImageDraw.Draw(mask)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, look.particle_count))):
         x, y = rng.uniform(10, IMAGE_SIZE - 10, 2)
-        r = rng.uniform(3.0, 7.5)
+        r = rng.uniform(*look.particle_radius)
         ex = rng.uniform(0.7, 1.3)
         draw.ellipse([x - r * ex, y - r / ex, x + r * ex, y + r / ex], fill=255)
-    _blend(img, mask, rng, faint, soften=1.0)
+    _blend(img, mask, rng, look.faint_contrast if faint else look.contrast, soften=1.0)
 
 
-def _scratch(img: np.ndarray, rng, faint: bool) -> None:
+def _scratch(img: np.ndarray, rng, faint: bool, look: Look) -> None:
     mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE))
     draw = ImageDraw.Draw(mask)
     p0, p2 = rng.uniform(10, IMAGE_SIZE - 10, (2, 2))
@@ -148,22 +154,23 @@ def _scratch(img: np.ndarray, rng, faint: bool) -> None:
     p1 = (p0 + p2) / 2 + bend
     t = np.linspace(0, 1, 40)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
-    draw.line([tuple(p) for p in curve], fill=255, width=int(rng.integers(2, 4)))
-    _blend(img, mask, rng, faint, soften=0.7)
+    draw.line([tuple(p) for p in curve], fill=255, width=int(rng.integers(*look.scratch_width)))
+    _blend(img, mask, rng, look.faint_contrast if faint else look.contrast, soften=0.7)
 
 
-def _blend(img: np.ndarray, mask: Image.Image, rng, faint: bool, soften: float) -> None:
+def _blend(img: np.ndarray, mask: Image.Image, rng, contrast_range, soften: float) -> None:
     alpha = gaussian_filter(np.asarray(mask, np.float32) / 255.0, soften)
-    contrast = rng.uniform(0.25, 0.4) if faint else rng.uniform(0.45, 0.85)
+    contrast = rng.uniform(*contrast_range)
     target = np.array([0.95, 0.95, 0.9]) if rng.random() < 0.5 else np.array([0.05, 0.05, 0.06])
     a = (alpha * np.float32(contrast))[..., None]
     img *= 1 - a
     img += a * target.astype(np.float32)
 
 
-def _pattern_defect(metal: np.ndarray, rng, faint: bool) -> None:
+def _pattern_defect(metal: np.ndarray, rng, faint: bool, look: Look = DEMO) -> None:
     """Bridged, missing or shifted lines in one local region of the metal mask."""
-    size = int(rng.integers(14, 24) if faint else rng.integers(22, 48))
+    low, high = look.pattern_size
+    size = int(rng.integers(14 * low // 22, 24 * low // 22) if faint else rng.integers(low, high))
     y, x = rng.integers(8, IMAGE_SIZE - size - 8, 2)
     region = metal[y : y + size, x : x + size]
     before = region.copy()

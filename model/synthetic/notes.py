@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.synthetic.world import Wording
+
 INFORMATIVE = 0.55  # share of notes on defective dies that speak of the defect
 MISLEADING = 0.08  # share of notes on good dies that name a defect-like symptom
-TYPO = 0.15  # share of notes with a typo
+DEMO_WORDING = Wording()
 
 LOCATIONS = ["near the edge", "near the notch", "at center", "on the left side", "upper right"]
 ROUTINE = [
@@ -60,7 +62,11 @@ MISLEADING_NOTES = [
 
 
 def write_note(
-    label: int, cause: str, rng: np.random.Generator, extra_words: list[str] | None = None
+    label: int,
+    cause: str,
+    rng: np.random.Generator,
+    extra_words: list[str] | None = None,
+    wording: Wording = DEMO_WORDING,
 ) -> str:
     """One die's note (the caller decides whether the die has one).
 
@@ -69,22 +75,31 @@ def write_note(
         cause: the process parameters its defect moved, ';'-joined (zones are named from it).
         rng: the die's random stream.
         extra_words: drift: new vocabulary that operators start to use.
+        wording: the world's phrase lists and typo rate (default: the demo fab's).
     """
     if label > 0 and rng.random() < INFORMATIVE:
-        text = str(rng.choice(BY_CLASS[label]))
+        text = str(rng.choice(_phrases(BY_CLASS[label], wording)))
     elif label == 0 and rng.random() < MISLEADING:
-        text = str(rng.choice(MISLEADING_NOTES))
+        text = str(rng.choice(_phrases(MISLEADING_NOTES, wording)))
     else:
-        text = str(rng.choice(ROUTINE))
+        text = str(rng.choice(_phrases(ROUTINE, wording)))
     zone = cause.split(";")[0].rsplit("_", 1)[-1] if "temperature_zone" in cause else "3"
     text = text.format(loc=rng.choice(LOCATIONS), zone=zone)
     if extra_words and rng.random() < 0.5:
         text = f"{text}, {rng.choice(extra_words)}"
     if rng.random() < 0.3:
         text = text.capitalize()
-    if rng.random() < TYPO:
+    if rng.random() < wording.typo:
         text = _typo(text, rng)
     return text
+
+
+def _phrases(phrases: list[str], wording: Wording) -> list[str]:
+    """The world's share of a phrase list: its operators use only some of the wordings."""
+    if not wording.phrases or wording.phrases >= len(phrases):
+        return phrases
+    pick = np.random.default_rng([wording.phrase_seed, len(phrases), len(phrases[0])])
+    return [phrases[i] for i in sorted(pick.choice(len(phrases), wording.phrases, replace=False))]
 
 
 def _typo(text: str, rng: np.random.Generator) -> str:

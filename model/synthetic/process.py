@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from model.schema import parameter_names, process_parameters, process_steps
+from model.synthetic.world import World
 
 STEP_SHARE = 0.55  # weight of the shared per-step factor (correlation inside a step)
 DIE_SHARE = 0.75  # weight of the die's own noise
@@ -25,13 +26,19 @@ DROPOUT = 0.002  # share of empty cells (sensor dropouts)
 TEMPERATURE_ZONES = [f"temperature_zone_{i}" for i in range(1, 9)]
 
 
-def draw_process_logs(plan: pd.DataFrame, seed: int, shift: dict[str, float] | None = None):
+def draw_process_logs(
+    plan: pd.DataFrame,
+    seed: int,
+    shift: dict[str, float] | None = None,
+    world: World | None = None,
+):
     """Process logs for every planned die.
 
     Args:
         plan: the die plan (metadata, labels, hidden causes).
         seed: random seed of this stream.
         shift: optional drift, parameter name to a mean shift in sigma units.
+        world: the fab's process story (default: the demo fab's).
     Returns:
         (values DataFrame with die_id + 48 columns, causes Series naming each die's
         defect-linked parameters).
@@ -52,7 +59,7 @@ def draw_process_logs(plan: pd.DataFrame, seed: int, shift: dict[str, float] | N
     z[:, chamber_cols] += CHAMBER_SPREAD * _tool_offsets(plan["chamber"], p)[:, chamber_cols]
     z[:, col["humidity"]] += 1.2 * _season(plan["timestamp"])
     z[:, col["cleanroom_temp"]] += 0.3 * _season(plan["timestamp"])
-    causes = _defect_deviations(rng, z, plan, col)
+    causes = _defect_deviations(rng, z, plan, col, world or World())
     for name, delta in (shift or {}).items():
         z[:, col[name]] += delta
     z[rng.random((n, p)) < DROPOUT] = np.nan
@@ -84,13 +91,34 @@ def _season(timestamps: pd.Series) -> np.ndarray:
     return np.sin(2 * np.pi * (doy - 105) / 365.0)
 
 
-def _defect_deviations(rng, z: np.ndarray, plan: pd.DataFrame, col: dict[str, int]) -> list[str]:
+def _defect_deviations(rng, z: np.ndarray, plan: pd.DataFrame, col: dict, world: World) -> list:
     """Add the contract's defect-linked deviations in place; name the parameters moved."""
     causes = []
-    for i, label in enumerate(plan["label"].to_numpy()):
-        moved = _DEVIATIONS[label](rng, z[i], col)
+    for i, (label, split) in enumerate(zip(plan["label"].to_numpy(), plan["split"])):
+        if world.traces is None:
+            moved = _DEVIATIONS[label](rng, z[i], col)
+        else:
+            moved = _world_deviation(rng, z[i], col, world.root_causes(split), world, int(label))
         causes.append(";".join(moved))
     return causes
+
+
+def _world_deviation(rng, row, col, causes: tuple, world: World, label: int) -> list[str]:
+    """A drawn world's story: its traces for visible classes, one of `causes` for class 4."""
+    if label == 0:
+        return _good(rng, row, col)
+    if label == 4:
+        cause, *drags = causes[int(rng.integers(len(causes)))]
+        sign, size = rng.choice([-1, 1]), rng.uniform(*world.deviation_size)
+        _push(row, col[cause], sign, size)
+        for name in drags:
+            row[col[name]] += sign * world.drag * size
+        return [cause, *drags]
+    trace = world.traces[label]
+    moved = [p for p in trace.parameters if rng.random() < trace.chance]
+    for name in moved:
+        row[col[name]] += rng.choice([-1, 1]) * rng.uniform(trace.low, trace.high)
+    return moved
 
 
 def _particle(rng, row, col) -> list[str]:

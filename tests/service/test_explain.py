@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.data import ProcessScaler
-from model.schema import parameter_names, process_parameters
+from model.schema import process_parameters
 from service.explain import (
     anomalous_parameters,
     explain,
@@ -19,10 +19,8 @@ from service.explain import (
     overlay_png,
     region_grid,
     region_name,
+    rests_on,
 )
-
-NAMES = parameter_names()
-P = len(NAMES)
 
 
 @pytest.fixture
@@ -207,63 +205,76 @@ def test_scaler_of_the_wrong_size_is_rejected():
 # Explanation
 
 
-def _attention(k: int, region: int, parameter: str) -> tuple[np.ndarray, np.ndarray]:
-    """A region map peaked on `region` whose row reads `parameter` most."""
+def _region_map(k: int, region: int) -> np.ndarray:
+    """A region map peaked on `region`."""
     region_map = np.full(k, 0.5 / (k - 1))
     region_map[region] = 0.5
-    process_attention = np.full((k, P), 1.0 / P)
-    process_attention[region] = 0.5 / (P - 1)
-    process_attention[region, NAMES.index(parameter)] = 0.5
-    return region_map, process_attention
-
-
-def _baseline() -> tuple[np.ndarray, np.ndarray]:
-    return np.ones(1), np.zeros((1, P))
+    return region_map
 
 
 VIBRATION = {"name": "cmp_vibration_rms", "value": 0.0692, "unit": "g", "z": 2.4, "step": "cmp"}
 TEMPERATURE = {"name": "temperature_zone_3", "value": 997, "unit": "degC", "z": -2.13, "step": ""}
+ETCH = {"name": "etch_duration", "value": 127.2, "unit": "s", "z": 4.8, "step": "etch"}
+CF4 = {"name": "gas_flow_cf4", "value": 47.0, "unit": "sccm", "z": -2.0, "step": "etch"}
 
 
-def test_defect_names_the_region_and_the_linked_parameter_with_its_sigma():
-    region_map, attention = _attention(16, 1 * 4 + 2, "cmp_vibration_rms")
-    text = explain("scratch", True, 0.87, region_map, attention, [VIBRATION], True, NAMES)
-    assert text == (
-        "Scratch suspected in region B3 (confidence 0.87); the model links that region most"
-        " to cmp_vibration_rms, which is +2.4 sigma from its training mean."
-    )
-
-
-def test_linked_parameter_in_range_falls_back_to_the_largest_deviation():
-    region_map, attention = _attention(16, 5, "rf_power")
+def test_defect_names_the_region_and_the_parameter_the_decision_rests_on():
     text = explain(
-        "process_deviation", True, 0.9, region_map, attention, [TEMPERATURE], True, NAMES
+        "scratch", True, 0.87, _region_map(16, 6), [VIBRATION], True, {"cmp_vibration_rms": 1.2}
     )
-    assert text.startswith("Process deviation suspected in region B2 (confidence 0.90)")
-    assert "rf_power" in text and "temperature_zone_3 at -2.1 sigma" in text
+    assert text == (
+        "Scratch suspected in region B3 (confidence 0.87); the decision rests most on"
+        " cmp_vibration_rms, which is +2.4 sigma from its training mean."
+    )
+
+
+def test_the_named_parameter_is_the_largest_share_not_the_largest_deviation():
+    shares = {"etch_duration": 0.3, "gas_flow_cf4": 2.5}
+    text = explain("process_deviation", True, 0.9, _region_map(16, 0), [ETCH, CF4], True, shares)
+    assert "rests most on gas_flow_cf4, which is -2.0 sigma" in text
+    shares = {"etch_duration": 3.1, "gas_flow_cf4": 0.2}
+    text = explain("process_deviation", True, 0.9, _region_map(16, 0), [ETCH, CF4], True, shares)
+    assert "rests most on etch_duration, which is +4.8 sigma" in text
+
+
+def test_deviations_the_decision_does_not_rest_on_are_reported_as_such():
+    for shares in ({}, {"etch_duration": -0.4, "gas_flow_cf4": 0.0}):
+        text = explain("particle", True, 0.9, _region_map(16, 5), [ETCH, CF4], True, shares)
+        assert text == (
+            "Particle suspected in region B2 (confidence 0.90); etch_duration is +4.8 sigma"
+            " from its training mean, but the decision does not rest on it."
+        )
+
+
+def test_rests_on_picks_the_largest_positive_share_of_an_anomaly():
+    assert rests_on([ETCH, CF4], {"etch_duration": 0.1, "gas_flow_cf4": 0.4}) is CF4
+    assert rests_on([ETCH], {"etch_duration": 0.1, "gas_flow_cf4": 9.0}) is ETCH
+    assert rests_on([ETCH, CF4], {"etch_duration": -1.0}) is None
+    assert rests_on([], {"etch_duration": 1.0}) is None
+    with pytest.raises(ValueError, match="finite"):
+        rests_on([ETCH], {"etch_duration": float("nan")})
 
 
 def test_defect_without_deviations_says_the_process_log_is_in_range():
-    region_map, attention = _attention(16, 15, "focus_offset")
-    text = explain("pattern", True, 0.8, region_map, attention, [], True, NAMES)
-    assert "region D4" in text and "focus_offset" in text and "out of range" in text
+    text = explain("pattern", True, 0.8, _region_map(16, 0), [], True, {})
+    assert text.endswith("; no process value is out of range.")
 
 
 def test_missing_note_is_mentioned_only_for_an_unsure_call():
-    region_map, attention = _attention(16, 0, "particle_count")
-    unsure = explain("particle", True, 0.55, region_map, attention, [], False, NAMES)
-    sure = explain("particle", True, 0.95, region_map, attention, [], False, NAMES)
-    noted = explain("particle", True, 0.55, region_map, attention, [], True, NAMES)
-    assert "note" in unsure and "note" not in sure and "note" not in noted
+    region_map = _region_map(16, 0)
+    unsure = explain("particle", True, 0.55, region_map, [], False, {})
+    sure = explain("particle", True, 0.95, region_map, [], False, {})
+    noted = explain("particle", True, 0.55, region_map, [], True, {})
+    assert "No operator note" in unsure and "note" not in sure and "note" not in noted
 
 
 def test_good_die_wording():
-    region_map, attention = _attention(16, 3, "rf_power")
+    region_map = _region_map(16, 0)
     assert (
-        explain("good", False, 0.96, region_map, attention, [], False, NAMES)
+        explain("good", False, 0.96, region_map, [], False, {})
         == "No defect found (confidence 0.96)."
     )
-    text = explain("good", False, 0.96, region_map, attention, [TEMPERATURE], True, NAMES)
+    text = explain("good", False, 0.96, region_map, [TEMPERATURE], True, {})
     assert text == (
         "No defect found (confidence 0.96); temperature_zone_3 is -2.1 sigma from its"
         " training mean but the image looks clean."
@@ -271,33 +282,32 @@ def test_good_die_wording():
 
 
 def test_baseline_rests_on_the_image_and_names_no_region():
-    region_map, attention = _baseline()
-    defect = explain("scratch", True, 0.81, region_map, attention, [VIBRATION], False, NAMES)
-    good = explain("good", False, 0.99, region_map, attention, [], True, NAMES)
-    assert defect.startswith("Scratch suspected (confidence 0.81); the decision rests on the")
-    assert "image alone" in defect and "cmp_vibration_rms at +2.4 sigma" in defect
-    assert "region" not in defect and "region" not in good
+    defect = explain("scratch", True, 0.81, np.ones(1), [VIBRATION], False, {})
+    good = explain("good", False, 0.99, np.ones(1), [], True, {})
+    assert defect == (
+        "Scratch suspected (confidence 0.81); the decision rests on the image alone. The"
+        " process log shows cmp_vibration_rms at +2.4 sigma, but this model does not read it."
+    )
     assert good == "No defect found (confidence 0.99); the decision rests on the image alone."
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        ("crack", True, 0.9),  # unknown class
-        ("good", True, 0.9),  # flagged but good
-        ("scratch", False, 0.9),  # a defect class not flagged
-        ("scratch", True, 1.2),  # confidence out of range
+        ("good", True, 0.9),
+        ("scratch", False, 0.9),
+        ("crack", True, 0.9),
+        ("scratch", True, 1.2),
+        ("scratch", True, float("nan")),
     ],
 )
 def test_explain_rejects_inconsistent_decisions(args):
-    region_map, attention = _attention(16, 0, "rf_power")
     with pytest.raises(ValueError):
-        explain(*args, region_map, attention, [], True, NAMES)
+        explain(*args, _region_map(16, 0), [], True, {})
 
 
-def test_explain_rejects_mismatched_shapes():
-    region_map, attention = _attention(16, 0, "rf_power")
-    with pytest.raises(ValueError, match="process attention"):
-        explain("scratch", True, 0.9, region_map, attention[:, :10], [], True, NAMES)
-    with pytest.raises(ValueError, match="square"):
-        explain("scratch", True, 0.9, np.ones(12), np.zeros((12, P)), [], True, NAMES)
+def test_explain_rejects_a_region_map_that_is_not_a_square_grid():
+    with pytest.raises(ValueError):
+        explain("scratch", True, 0.9, np.ones(12), [], True, {})
+    with pytest.raises(ValueError):
+        explain("scratch", True, 0.9, -np.ones(16), [], True, {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from model.synthetic.notes import (
     _typo,
     write_note,
 )
+from model.synthetic.world import Wording
 
 DRAWS = 3000
 
@@ -37,12 +40,13 @@ CLASS_TEXTS = {label: _expand(t) for label, t in BY_CLASS.items()}
 
 @pytest.fixture
 def no_typos(monkeypatch):
-    monkeypatch.setattr(notes_module, "TYPO", 0.0)
+    typo_free = functools.partial(notes_module.write_note, wording=Wording(typo=0.0))
+    monkeypatch.setattr(notes_module, "write_note", typo_free)
 
 
 def _draw(label: int, cause: str = "", seed: int = 0, **kwargs) -> list[str]:
     rng = np.random.default_rng(seed)
-    return [write_note(label, cause, rng, **kwargs) for _ in range(DRAWS)]
+    return [notes_module.write_note(label, cause, rng, **kwargs) for _ in range(DRAWS)]
 
 
 def test_same_stream_same_note():
@@ -98,7 +102,7 @@ def test_typos_and_capitalisation_vary_the_text():
     lowered = {t.lower() for t in texts}
     known = ROUTINE_TEXTS | MISLEADING_TEXTS
     typo_share = np.mean([t.lower() not in known for t in texts])
-    assert 0.05 < typo_share < 0.2  # TYPO = 0.15, some typos leave the text unchanged
+    assert 0.05 < typo_share < 0.2  # a typo in 15%, some typos leave the text unchanged
     assert any(t[0].isupper() for t in texts)
     assert len(lowered) > len(ROUTINE)
 
