@@ -41,9 +41,10 @@ def write_lock_held(sqlite_path: str, seconds: float):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # 20 restarts: about 10 s each on two free cores, far more when busy
-def test_no_acknowledged_inspection_is_lost_over_sigkill_cycles(service_bundle, tmp_path):
+def test_no_acknowledged_inspection_is_lost_over_sigkill_cycles(service_bundle, tmp_path, request):
     keys = f"station:station-1:{KEYS['station']}"
     server = ServerProcess(service_bundle, tmp_path / "state", keys)
+    request.addfinalizer(server.kill)  # no server left behind, whatever happens
     dies = make_dies(32)
     acknowledged, sent, restarts, slow_kills = [], 0, [], 0
     for cycle in range(CYCLES):
