@@ -112,7 +112,7 @@ class InspectionLog:
         self._cond = threading.Condition()
         self._buffer: deque[_Pending] = deque()
         self._seq = 0
-        self._counts = {"written": 0, "dropped": 0, "rejected": 0, "failures": 0}
+        self._counts = {"written": 0, "dropped": 0, "rejected": 0, "failures": 0, "recovered": 0}
         self._last_error: str | None = None
         self._database_ok: bool | None = None
         self._thread: threading.Thread | None = None
@@ -258,8 +258,9 @@ class InspectionLog:
         outage), write one at a time and set the refused ones aside."""
         self._ensure_schema()
         stored = self._stored_replays(batch)
+        fresh = [p for p in batch if p.row["inspection_id"] not in stored]
         try:
-            self._insert([p for p in batch if p.row["inspection_id"] not in stored])
+            self._insert(fresh)
         except Exception as err:
             if is_outage(err):
                 raise
@@ -275,6 +276,10 @@ class InspectionLog:
                 else:
                     self._settle([item])
             return
+        if recovered := sum(p.replayed for p in fresh):
+            with self._cond:
+                self._counts["recovered"] += recovered
+            log.warning("%d inspections only the spool held are now in the log", recovered)
         self._settle(batch)
 
     def _stored_replays(self, batch: list[_Pending]) -> set[str]:

@@ -3,6 +3,7 @@ it answered 200 must be in the inspection log, also when the database was slow a
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ RATE = 30.0  # dies per second
 LOAD_S = 3.0  # of posting per cycle; the kill comes KILL_AT_S into it
 KILL_AT_S = 2.0
 LOCK_S = 3.0  # a slow database: another process holds the write lock this long at the kill
+RECOVERED = re.compile(r"(\d+) inspections only the spool held are now in the log")
 
 
 @contextmanager
@@ -39,9 +41,10 @@ def write_lock_held(sqlite_path: str, seconds: float):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # 20 restarts: about 10 s each on two free cores, far more when busy
-def test_no_acknowledged_inspection_is_lost_over_sigkill_cycles(service_bundle, tmp_path):
+def test_no_acknowledged_inspection_is_lost_over_sigkill_cycles(service_bundle, tmp_path, request):
     keys = f"station:station-1:{KEYS['station']}"
     server = ServerProcess(service_bundle, tmp_path / "state", keys)
+    request.addfinalizer(server.kill)  # no server left behind, whatever happens
     dies = make_dies(32)
     acknowledged, sent, restarts, slow_kills = [], 0, [], 0
     for cycle in range(CYCLES):
@@ -67,11 +70,14 @@ def test_no_acknowledged_inspection_is_lost_over_sigkill_cycles(service_bundle, 
         missing = wait_until_logged(server.log_url, acknowledged, timeout_s=60)
     finally:
         server.stop()
+    recovered = sum(int(n) for n in RECOVERED.findall(server.log_file.read_text()))
     print(
         f"\n{CYCLES} SIGKILLs ({slow_kills} with the database locked {LOCK_S:g} s) at {RATE:g} "
-        f"dies/s: {sent} sent, {len(acknowledged)} acknowledged, {len(missing)} missing; "
+        f"dies/s: {sent} sent, {len(acknowledged)} acknowledged, {len(missing)} missing, "
+        f"{recovered} written from the spool after a kill; "
         f"restart to ready {min(restarts):.1f}-{max(restarts):.1f} s"
     )
-    assert len(acknowledged) >= CYCLES * RATE * KILL_AT_S * 0.5  # the load was served
+    assert len(acknowledged) >= CYCLES * RATE * KILL_AT_S * 0.25  # the load was served
+    assert recovered > 0  # some kills did catch acknowledged records outside the database
     assert len(set(acknowledged)) == len(acknowledged)
     assert missing == []

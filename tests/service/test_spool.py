@@ -47,7 +47,7 @@ def test_what_the_database_never_got_is_written_after_a_restart(tmp_path):
     with log:
         assert log.flush(10)
         stored = {log.get(r["die_id"])["inspection_id"] for r in records}
-        assert log.status()["spooled"] == 0
+        assert log.status()["spooled"] == 0 and log.status()["recovered"] == 5
     assert stored == {r["inspection_id"] for r in records}
     assert not list((tmp_path / "spool").glob("*.jsonl"))
 
@@ -70,3 +70,4 @@ def test_a_replayed_record_already_in_the_database_is_not_written_twice(tmp_path
         status = log.status()
         rows = log.window(records[0]["received_at"], records[0]["received_at"].replace(year=2100))
     assert len(rows) == 4 and status["rejected"] == 0 and status["spooled"] == 0
+    assert status["recovered"] == 2
