@@ -23,7 +23,7 @@ from model.batches import die_loader
 from model.checkpoint import unwrap
 from model.gpu_dies import check_data
 from model.gpu_env import UtilizationSampler
-from model.losses import MultimodalLoss, class_alpha
+from model.losses import class_alpha
 from model.network import build_model
 from model.predict import predict
 
@@ -155,15 +155,7 @@ def _trainer(check, pinned, channels_last, fused, on_device, batch=None, compile
     optimizer = torch.optim.AdamW(groups, t.lr, weight_decay=t.weight_decay, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training._lr_factor(stages, steps))
     alpha = class_alpha(split.labels, cfg.model.num_classes).to(device)
-    loss_fn = MultimodalLoss(
-        alpha,
-        t.focal_gamma,
-        t.lambda_contrastive,
-        t.lambda_entropy,
-        t.temperature,
-        lambda_process=t.lambda_process,
-        lambda_image=t.lambda_image,
-    )
+    loss_fn = training.training_loss(alpha, t)
     net = torch.compile(model, backend=compile_backend) if compile_backend else model
     dies = {"train": data.datasets["train"], "val": data.datasets["train"]}
     parts = (average, loss_fn, optimizer, scheduler, dies, cfg, device)

@@ -114,15 +114,7 @@ def train_model(
     optimizer = torch.optim.AdamW(_param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(stages, steps))
     alpha = class_alpha(data.splits["train"].labels, cfg.model.num_classes).to(device)
-    loss_fn = MultimodalLoss(
-        alpha,
-        t.focal_gamma,
-        t.lambda_contrastive,
-        t.lambda_entropy,
-        t.temperature,
-        lambda_process=t.lambda_process,
-        lambda_image=t.lambda_image,
-    )
+    loss_fn = training_loss(alpha, t)
     state = {
         "epoch": 0,
         "history": [],
@@ -189,6 +181,19 @@ def _param_groups(model: nn.Module, t) -> list[dict]:
     if gates:
         groups.append({"params": gates, "lr": t.gate_lr, "weight_decay": 0.0})
     return groups
+
+
+def training_loss(alpha: torch.Tensor, t) -> MultimodalLoss:
+    """The loss of both stages, weighted as the config's `train` section says."""
+    return MultimodalLoss(
+        alpha,
+        t.focal_gamma,
+        t.lambda_contrastive,
+        t.lambda_entropy,
+        t.temperature,
+        lambda_process=t.lambda_process,
+        lambda_image=t.lambda_image,
+    )
 
 
 def _stage_plan(kind: str, t) -> list[int]:
