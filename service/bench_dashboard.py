@@ -24,8 +24,9 @@ from fastapi import FastAPI
 
 from model.schema import CLASS_NAMES
 from monitoring.history import Check, History
-from registry import open_store, promote
+from registry import install_first, open_store, promote, record_approval
 from registry.rollout_state import clear_rollout, set_rollout
+from registry.servable import GATE_TAG
 from service.config import ServiceConfig, parse_keys
 from service.dashboard import router as dashboard_router
 from service.embedded import serve_in_thread
@@ -113,12 +114,14 @@ def seed_registry(tracking_uri: str, model_name: str, rollout_at: datetime) -> N
             model_name,
             source=str(Path(tracking_uri.removeprefix("sqlite:///")).parent / "bench-model"),
         )
-    promote(client, model_name, "1", "first champion")
+    install_first(client, model_name, "1", "first champion")
+    client.set_model_version_tag(model_name, "2", GATE_TAG, '{"passed":true}')
+    record_approval(client, model_name, "2", True, "bench", "seeded", False, {})
     set_rollout(client, model_name, "2", "shadow", 0.0, "shadow", "bench", now=rollout_at)
     later = rollout_at + timedelta(hours=6)
     set_rollout(client, model_name, "2", "canary", 0.1, "10%", "bench", now=later)
     clear_rollout(client, model_name, "promoted", now=later + timedelta(hours=6))
-    promote(client, model_name, "2", "rollout passed")
+    promote(client, model_name, "2", "rollout passed", over="1")
 
 
 def seed_fab(inspections: int, wafers: int, now: datetime) -> list[dict]:

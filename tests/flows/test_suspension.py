@@ -9,6 +9,7 @@ so its runs start in processes of their own that the test can look for.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,9 @@ def test_a_missed_deadline_rejects_the_suspended_run(served, tmp_path):
 
     def sweep():
         with temporary_settings(settings):
-            return approval_deadlines(flow_name="suspendable-approval")
+            # a sweep an hour on: past the 1 s deadline however soon the run was suspended
+            later = datetime.now(UTC) + timedelta(hours=1)
+            return approval_deadlines(flow_name="suspendable-approval", now=later)
 
     assert in_thread(sweep) == [run_id]
     state = wait_for(settings, run_id, finished)

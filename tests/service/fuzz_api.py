@@ -85,9 +85,13 @@ class Fuzz:
             }
         )
         pages = ["", "/dies/{}", "/dies/{}/image.png", "/dies/{}/heatmap.png"]
+        pages += ["/wafers/{}", "/lots/{}", "/lots", "/find", "/find.csv", "/trends"]
         for role, refused in (("operator", False), ("station", True)):
             auth = ("user", self.keys[role])
-            with httpx.Client(base_url=self.url, auth=auth, timeout=30) as client:
+            # as a browser does: a redirect (a trailing slash dropped) is judged where it leads
+            with httpx.Client(
+                base_url=self.url, auth=auth, timeout=30, follow_redirects=True
+            ) as client:
                 for page in pages:
                     self._page(client, page, die_ids, role, refused)
                 self._form(client, die_ids, form, role, refused)
