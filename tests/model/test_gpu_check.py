@@ -135,7 +135,10 @@ def test_a_section_that_does_not_fit_the_budget_is_skipped(tmp_path):
     assert result["status"] == "skipped" and "time budget" in result["reason"] and not ran
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="asserts the skips of a machine without a GPU; on a GPU the sections run",
+)
 def test_the_full_check_without_a_gpu_skips_every_section_and_says_why(tmp_path):
     assert main(["--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
