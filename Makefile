@@ -30,7 +30,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 $(DATA)/synth_truth.csv: | $(STAMP)
-	$(BIN)/dieguard synth --out $(DATA) --n 16000 --val-n 4000 --test-n 4000 --seed 0
+	$(BIN)/dieguard synth --out $(DATA) --n 18200 --val-n 4000 --test-n 6200 --seed 0
 
 data: $(DATA)/synth_truth.csv
 

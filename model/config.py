@@ -81,7 +81,12 @@ class TrainConfig:
     lambda_image: float = 0.5  # focal loss on the image tokens alone (deep supervision)
     temperature: float = 0.1
     note_dropout: float = 0.2
-    patience: int = 4
+    # stage2_epochs and baseline_epochs are maxima: training stops `patience` epochs after the
+    # best validation FPR at the escape target, and after every `lr_patience` of them without a
+    # better one it restarts from the best weights at `lr_decay` times the learning rate.
+    patience: int = 6
+    lr_patience: int = 2
+    lr_decay: float = 0.3
     # Stage 2 validates and keeps an exponential moving average of the weights over about this
     # many epochs (0: the raw weights): the calibrated FPR then moves less from epoch to epoch.
     average_epochs: float = 1.0

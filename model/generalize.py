@@ -4,17 +4,21 @@ Each held-out set's test split is encoded with the training run's own z-score st
 tokenizer, scored at the operating point fixed on the training set's validation split, with
 and without the operator notes, and judged by the release gates' escape and FPR limits. The
 per-class catch rates are given at the operating point and at the threshold that flags 15%
-of the good dies, so a miss can be told from a badly placed threshold.
+of the good dies, so a miss can be told from a badly placed threshold. A model that compares
+each die with its fab's golden die is given the held-out fabs' own golden dies, fitted from
+their good train dies as onboarding a new layout does; its weights stay as trained.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
 
 from model.config import RunConfig
+from model.contract import read_split
 from model.data import load_split
 from model.metrics import summarize
 from model.predict import predict
@@ -43,7 +47,8 @@ def generalize(
     for folder in eval_data:
         part = load_split(folder, "test", cfg.model.img_size, cfg.data.cache_dir, data.scaler)
         dataset = encode_split(part, data.tokenizer, cfg.model.max_note_len)
-        sets[str(folder)] = held_out_figures(result.model, dataset, threshold, cfg)
+        model = with_golden_dies_of(result.model, folder, cfg, data.scaler)
+        sets[str(folder)] = held_out_figures(model, dataset, threshold, cfg)
     report = {
         "train_data": str(train_data),
         "kind": kind,
@@ -53,6 +58,22 @@ def generalize(
     }
     (run / "generalize.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def with_golden_dies_of(model, folder: str | Path, cfg: RunConfig, scaler):
+    """A copy of `model` whose golden dies are fitted from the good dies of `folder`'s train
+    split; `model` itself when it compares with no golden die."""
+    if getattr(getattr(model, "image_encoder", None), "reference", None) is None:
+        return model
+    part = load_split(folder, "train", cfg.model.img_size, cfg.data.cache_dir, scaler)
+    tested = set(read_split(Path(folder) / "test").metadata["fab"])
+    fitted_fabs = set(part.metadata["fab"][np.asarray(part.labels) == GOOD])
+    if tested - fitted_fabs:
+        raise ValueError(f"{folder}: no good train dies to fit the golden die of fab(s) "
+                         f"{sorted(tested - fitted_fabs)}, which its test split holds")  # fmt: skip
+    fitted = copy.deepcopy(model)
+    fitted.fit_reference(part.images, part.metadata["fab"].to_numpy(), part.labels)
+    return fitted
 
 
 def held_out_figures(model, dataset, threshold: float, cfg: RunConfig) -> dict:

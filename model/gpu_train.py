@@ -91,7 +91,7 @@ def train_short(check) -> dict:
     """A short real training (train_model) on rendered dies: the loss falls, val figures."""
     s, cfg = check.sizes, copy.deepcopy(check.cfg)
     cfg.train.stage1_epochs, cfg.train.stage2_epochs = s.stage1_epochs, s.stage2_epochs
-    cfg.train.patience = s.stage1_epochs + s.stage2_epochs
+    cfg.train.patience = cfg.train.lr_patience = s.stage1_epochs + s.stage2_epochs
     data = _dies(check, {"train": s.train_dies, "val": s.val_dies})
     folder = check.work / "train_short"
     result = training.train_model("multimodal", data, cfg, folder, resume=False, progress=False)
@@ -153,7 +153,7 @@ def _trainer(check, pinned, channels_last, fused, on_device, batch=None, compile
     average = training._weight_average(model, t.average_epochs, steps)
     groups = training._param_groups(model, t)
     optimizer = torch.optim.AdamW(groups, t.lr, weight_decay=t.weight_decay, fused=fused or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training._lr_factor(stages, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.LearningRate(stages, steps))
     alpha = class_alpha(split.labels, cfg.model.num_classes).to(device)
     loss_fn = training.training_loss(alpha, t)
     net = torch.compile(model, backend=compile_backend) if compile_backend else model

@@ -1,10 +1,14 @@
 """Two-stage training of the multimodal model (and, by the same loop, the vision baseline).
 
 Stage 1 aligns image and process embeddings (contrastive loss only, head frozen); stage 2
-trains everything with focal + contrastive + attention-entropy loss under cosine annealing.
-Each epoch calibrates the defect threshold on validation so the escape rate stays under
-target; the best epoch is the one whose threshold costs the fewest false positives. Stage 2
-validates, and keeps, an exponential moving average of the weights (`train.average_epochs`).
+trains everything with focal + contrastive + attention-entropy loss. Each epoch calibrates
+the defect threshold on validation so the escape rate stays under target; the best epoch is
+the one whose threshold costs the fewest false positives. The validation figures set the
+number of epochs: `stage2_epochs` is only a maximum, training stops `patience` epochs after
+the best one, and every `lr_patience` epochs without a better one it goes back to the best
+weights and cuts the learning rate, so a later epoch can refine the best but not undo it.
+Stage 2 validates, and keeps, an exponential moving average of the weights
+(`train.average_epochs`).
 Under torchrun the ranks train on disjoint shards with DDP; rank 0 validates and writes.
 
     python -m model.train --config configs/cpu.yaml data_dir=data/default
@@ -112,7 +116,7 @@ def train_model(
     net = ddp.wrap(model, device)  # all ranks now hold rank 0's weights and buffers
     dies = _training_dies(model, data, cfg, device)
     optimizer = torch.optim.AdamW(_param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(stages, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LearningRate(stages, steps))
     alpha = class_alpha(data.splits["train"].labels, cfg.model.num_classes).to(device)
     loss_fn = training_loss(alpha, t)
     state = {
@@ -133,6 +137,9 @@ def train_model(
         epoch, stage = state["epoch"], stages[state["epoch"]]
         row = runner.run(epoch, stage)
         _track_best(state, row, runner.evaluated(stage), folder)
+        row["lr_cut"] = _plateaued(state, t)
+        if row["lr_cut"]:
+            _back_to_best(folder, model, average, scheduler, t.lr_decay)
         state["history"].append(row)
         state["epoch"] = epoch + 1
         if ddp.is_main():
@@ -210,21 +217,38 @@ def _steps_per_epoch(train_dies: int, t) -> int:
     return min(steps, t.max_batches_per_epoch) if t.max_batches_per_epoch else steps
 
 
-def _lr_factor(stages: list[int], steps: int):
-    """Constant in stage 1; one warm-up epoch fraction then cosine to 1% over stage 2."""
-    first = stages.index(2) * steps if 2 in stages else len(stages) * steps
-    total = max(1, (len(stages) * steps) - first)
-    warmup = max(1, min(steps // 2, total // 10))
+class LearningRate:
+    """The learning-rate factor by step: constant in stage 1, then a warm-up of half an epoch
+    and constant again, times `scale`, which each plateau cuts (`_back_to_best`).
 
-    def factor(step: int) -> float:
-        if step < first:
-            return 1.0
-        s = step - first
-        if s < warmup:
-            return (s + 1) / warmup
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    A callable object, so the scheduler's state (and a resumed run) keeps `scale`.
+    """
 
-    return factor
+    def __init__(self, stages: list[int], steps: int):
+        self.first = stages.index(2) * steps if 2 in stages else len(stages) * steps
+        self.warmup = max(1, steps // 2)
+        self.scale = 1.0
+
+    def __call__(self, step: int) -> float:
+        s = step - self.first
+        return self.scale * (1.0 if s < 0 else min(1.0, (s + 1) / self.warmup))
+
+
+def _plateaued(state: dict, t) -> bool:
+    """Whether the last `lr_patience` stage-2 epochs all failed to beat the best one (and
+    training goes on)."""
+    stale = state["stale"]
+    return 0 < stale < t.patience and t.lr_patience > 0 and stale % t.lr_patience == 0
+
+
+def _back_to_best(folder: Path, model: nn.Module, average, scheduler, decay: float) -> None:
+    """Restart from the best weights kept so far at `decay` times the learning rate."""
+    best = ddp.from_main(torch.load, folder / "best.pt", weights_only=True, map_location="cpu")
+    model.load_state_dict(best)
+    if average is not None:
+        average.module.load_state_dict(best)
+    for factor in {id(f): f for f in scheduler.lr_lambdas}.values():
+        factor.scale *= decay
 
 
 def _weight_average(model: nn.Module, epochs: float, steps: int) -> AveragedModel | None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from dieguard.cli import main
 from model.contract import read_split
-from model.generalize import catch_rates, reference_threshold
-from model.schema import CLASS_NAMES, GOOD
+from model.data import load_split
+from model.generalize import catch_rates, reference_threshold, with_golden_dies_of
+from model.network import build_model
+from model.schema import CLASS_NAMES, FABS, GOOD
 from model.synthetic.generate import generate_dataset
 from model.synthetic.world import draw_world
 
@@ -63,3 +67,36 @@ def test_one_training_is_judged_on_each_held_out_set(tiny_data, tmp_path):
         assert t["n"] == len(labels) and s["test_no_notes"]["n"] == len(labels)
         assert s["gates_passed"] == (t["escape"]["rate"] < 0.01 and t["fpr"]["rate"] < 0.15)
         assert f"{folder}: gates {'PASS' if s['gates_passed'] else 'FAIL'}" in result.output
+
+
+def test_a_held_out_fab_is_judged_against_its_own_golden_dies(smoke_prepared, tmp_path):
+    cfg, data = smoke_prepared
+    other = tmp_path / "fab2"
+    generate_dataset(other, n=200, val_n=10, test_n=10, seed=2, workers=1, world=draw_world(2))
+    model = build_model(cfg.model, "multimodal")
+    train = data.splits["train"]
+    model.fit_reference(train.images, train.metadata["fab"].to_numpy(), train.labels)
+    own = model.image_encoder.reference.templates.clone()
+    moved = with_golden_dies_of(model, other, cfg, data.scaler)
+    expected = build_model(cfg.model, "multimodal")
+    part = load_split(other, "train", cfg.model.img_size, cfg.data.cache_dir, data.scaler)
+    expected.fit_reference(part.images, part.metadata["fab"].to_numpy(), part.labels)
+    tested = sorted(FABS.index(f) for f in set(read_split(other / "test").metadata["fab"]))
+    assert tested
+    templates = moved.image_encoder.reference.templates[tested]
+    assert torch.equal(templates, expected.image_encoder.reference.templates[tested])
+    assert not torch.equal(templates, own[tested])
+    assert torch.equal(model.image_encoder.reference.templates, own)  # the trained model as it was
+    for (name, a), b in zip(model.named_parameters(), moved.parameters()):
+        assert torch.equal(a, b), name  # the learned weights travel unchanged
+
+
+def test_a_held_out_fab_without_good_train_dies_is_refused(smoke_prepared, copy_split, tmp_path):
+    cfg, data = smoke_prepared
+    train, test = copy_split("train", n=20), copy_split("test", n=20)
+    meta = pd.read_csv(train / "metadata.csv")
+    meta.assign(fab="A").to_csv(train / "metadata.csv", index=False)  # no train die of fab B
+    assert set(pd.read_csv(test / "metadata.csv")["fab"]) == {"B"}
+    model = build_model(cfg.model, "multimodal")
+    with pytest.raises(ValueError, match=r"golden die of fab\(s\) \['B'\]"):
+        with_golden_dies_of(model, tmp_path, cfg, data.scaler)

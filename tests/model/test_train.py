@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model import report
+from model import train as training
 from model.calibrate import choose_threshold
 from model.checkpoint import ModelFileError, load_trained
 from model.front_end import compute_front_end
@@ -13,7 +14,7 @@ from model.losses import MultimodalLoss, class_alpha
 from model.network import build_model
 from model.predict import model_inputs, predict
 from model.report import train_and_report
-from model.train import _weight_average, train_model
+from model.train import LearningRate, _weight_average, train_model
 
 
 @pytest.fixture
@@ -100,6 +101,63 @@ def test_stage_two_validates_and_keeps_the_moving_average_of_the_weights(smoke_c
     assert moved  # the kept weights are not the last raw weights...
     for k, v in kept.items():
         assert torch.equal(v, averaged[k]), k  # ...but their average
+
+
+def _validation_fprs(monkeypatch, fprs):
+    """Make each validation (stage 1's included) report the next of `fprs` as its FPR."""
+    real, figures = training._Epochs._validate, iter(fprs)
+
+    def validate(self, model):
+        return real(self, model) | {"val_fpr": next(figures), "val_escape": 0.0}
+
+    monkeypatch.setattr(training._Epochs, "_validate", validate)
+
+
+def test_training_stops_patience_epochs_after_the_best_and_cuts_the_rate_on_plateaus(
+    smoke_cfg, tmp_path, monkeypatch
+):
+    cfg, data = smoke_cfg
+    t = cfg.train
+    t.stage2_epochs, t.patience, t.lr_patience, t.lr_decay = 20, 4, 2, 0.5
+    _validation_fprs(monkeypatch, [1.0, 0.5, 0.4, 0.6, 0.7, 0.8, 0.9] + [1.0] * 20)
+    result = train_model("multimodal", data, cfg, tmp_path, progress=False)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["stage"].tolist() == [1] + [2] * 6  # the best, then `patience` more
+    assert result.best_epoch == 2
+    assert history["lr_cut"].tolist() == [False, False, False, False, True, False, False]
+    main_lr = history["lr"].tolist()
+    assert main_lr[5] == pytest.approx(0.5 * main_lr[3])  # the cut holds from the next epoch
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, best[k]), k
+
+
+def test_a_plateau_sends_training_back_to_the_best_weights(smoke_cfg, tmp_path, monkeypatch):
+    cfg, data = smoke_cfg
+    t = cfg.train
+    t.stage2_epochs, t.patience, t.lr_patience = 4, 10, 2
+    _validation_fprs(monkeypatch, [1.0, 0.1, 0.5, 0.5, 0.5])
+    restarts = []
+    real = training._back_to_best
+
+    def back_to_best(folder, model, average, scheduler, decay):
+        real(folder, model, average, scheduler, decay)
+        restarts.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    monkeypatch.setattr(training, "_back_to_best", back_to_best)
+    train_model("multimodal", data, cfg, tmp_path, progress=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)  # stage 2's first epoch
+    assert len(restarts) == 1
+    for k, v in restarts[0].items():
+        assert torch.equal(v, best[k]), k
+
+
+def test_the_learning_rate_warms_up_in_stage_two_and_scales():
+    rate = LearningRate([1, 2, 2], steps=10)  # stage 2 starts at step 10; warm-up 5 steps
+    assert [rate(s) for s in (0, 9, 10, 12, 14, 29)] == [1.0, 1.0, 0.2, 0.6, 1.0, 1.0]
+    rate.scale = 0.3
+    assert rate(29) == pytest.approx(0.3)
+    assert rate(10) == pytest.approx(0.06)
 
 
 def test_the_moving_average_warms_up_then_decays_at_its_horizon():
