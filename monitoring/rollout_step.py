@@ -131,6 +131,8 @@ def take_step(
     config = rollout_config(state)
     if recorded is not None and recorded.fits(state):
         return _apply(client, model_name, recorded, state, config, now, resumed=True)
+    if recorded is not None:  # applied, its record not yet deleted
+        drop_decision(client, model_name)
     stage, next_stage = _stages(state, config)
     since = datetime.fromisoformat(state["started_at"])
     entered = datetime.fromisoformat(state["updated_at"])
