@@ -87,11 +87,12 @@ def rollout_step(
     return result | {"shadow": shadow}
 
 
-def step_once(model_name, tracking_uri, log_url, clock) -> tuple[Step, dict | None]:
-    """Take a step inside a flow run: log it, announce it, and publish the shadow
-    comparison when shadow ended; the step and that comparison's summary (None: none)."""
+def step_once(model_name, tracking_uri, log_url, clock, only=None) -> tuple[Step, dict | None]:
+    """Take a step inside a flow run (of the rollout `only` names, when given): log it,
+    announce it, and publish the shadow comparison when shadow ended; the step and that
+    comparison's summary (None: none)."""
     now, log_url = (clock or _utc_now)(), log_url or ServiceConfig().log_url
-    step = take_step(model_name, tracking_uri, log_url, now)
+    step = take_step(model_name, tracking_uri, log_url, now, only)
     log = get_run_logger()
     if step.action == "idle":
         log.info("nothing to do: %s", step.reason)
@@ -128,17 +129,18 @@ def rollout(
         Others as for rollout_start and rollout_step.
     Returns:
         version, outcome ("promoted", "rolled-back", "stopped", or "interrupted" when the
-        rollout state was cleared outside the flow), reason, champion (after), shadow (the
-        comparison's summary) and stages (each decision: stage, action, reason, figures).
+        rollout state was cleared or replaced outside the flow), reason, champion (after),
+        shadow (the comparison's summary) and stages (each decision: stage, action, reason,
+        figures).
     Raises:
         NotServable: the serving rule refuses the version (registry.servable).
     """
     cfg = load_rollout_config(config, overrides)
     state = rollout_start(model_name, tracking_uri, version, config, overrides, clock)
-    history, shadow = [], None
+    history, shadow, mine = [], None, (state["version"], state["started_at"])
     while True:
         (sleep or time.sleep)(cfg.check_interval_s)
-        step, compared = step_once(model_name, tracking_uri, log_url, clock)
+        step, compared = step_once(model_name, tracking_uri, log_url, clock, mine)
         shadow = compared or shadow
         if step.action != "hold":
             history.append({k: getattr(step, k) for k in ("stage", "action", "reason", "figures")})

@@ -111,13 +111,19 @@ def rollout_config(state: dict) -> RolloutConfig:
 
 
 def take_step(
-    client: MlflowClient, model_name: str, outcomes: OutcomeReader, now: datetime
+    client: MlflowClient,
+    model_name: str,
+    outcomes: OutcomeReader,
+    now: datetime,
+    only: tuple[str, str] | None = None,
 ) -> Step:
     """Read the rollout state, take at most one decision, apply it, renew the lease.
 
     Args:
         outcomes: the challenger's labelled outcomes since the rollout began.
         now: the step's time.
+        only: (version, started_at) of the rollout to step; another one in progress is
+            left alone (None: whichever is in progress).
     Raises:
         ValueError: the state holds no settings or names a stage outside them.
         StateMovedError: another step changed the state between this one's reads.
@@ -128,6 +134,8 @@ def take_step(
         if recorded is not None:  # applied in full, or the rollout was stopped by hand
             drop_decision(client, model_name)
         return Step("idle", "no rollout in progress")
+    if only is not None and only != (state["version"], state["started_at"]):
+        return Step("idle", f"another rollout is in progress: version {state['version']}")
     config = rollout_config(state)
     if recorded is not None and recorded.fits(state):
         return _apply(client, model_name, recorded, state, config, now, resumed=True)

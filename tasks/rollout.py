@@ -52,10 +52,12 @@ def begin_rollout(
 
 
 @task(**RETRY)  # a step is safe to repeat: a decision on record is finished, not retaken
-def take_step(model_name: str, tracking_uri: str | None, log_url: str, now: datetime) -> Step:
+def take_step(
+    model_name: str, tracking_uri: str | None, log_url: str, now: datetime, only=None
+) -> Step:
     """One step of the rollout in progress (monitoring.rollout_step.take_step)."""
     client = open_store(tracking_uri).client
-    return steps.take_step(client, model_name, log_outcomes(log_url), now)
+    return steps.take_step(client, model_name, log_outcomes(log_url), now, only)
 
 
 def log_outcomes(log_url: str) -> steps.OutcomeReader:

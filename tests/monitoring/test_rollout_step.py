@@ -159,3 +159,14 @@ def stages_entered(client) -> list[str]:
     """The stages the rollout entered, in order (rollout events that set a mode)."""
     entered = [e["detail"] for e in log(client, "2") if e["kind"] == "rollout"]
     return [d["stage"] for d in entered if d["mode"] != "off"]
+
+
+def test_a_step_for_one_rollout_leaves_another_alone(registries, tmp_path):
+    db = tmp_path / "other.db"
+    shutil.copy(registries["shadow"], db)
+    client = open_store(f"sqlite:///{db}").client
+    before = dict(client.get_registered_model(MODEL).tags)
+    step = take_step(client, MODEL, SOUND, T1, only=("2", "an earlier start"))
+    assert (step.action, step.reason) == ("idle", "another rollout is in progress: version 2")
+    assert dict(client.get_registered_model(MODEL).tags) == before
+    assert take_step(client, MODEL, SOUND, T1, only=("2", T0.isoformat())).action == "advance"
