@@ -28,7 +28,7 @@ REFERENCE_DIR = click.option(
 
 @click.group()
 def rollout() -> None:
-    """The staged rollout of a challenger: start, status, stop."""
+    """The staged rollout of a challenger: start, step, status, stop."""
 
 
 @rollout.command(name="start", context_settings={"ignore_unknown_options": True})
@@ -39,38 +39,56 @@ def rollout() -> None:
               help="YAML of rollout settings (windows, stages, gates).")  # fmt: skip
 @MODEL_NAME
 @TRACKING
-@LOG_URL
 @click.argument("overrides", nargs=-1)
-def rollout_start(version, config_path, model_name, tracking_uri, log_url, overrides) -> None:
-    """Shadow the challenger, then let it decide 10/25/50/100% of dies; promote or roll back.
+def rollout_start(version, config_path, model_name, tracking_uri, overrides) -> None:
+    """Put the challenger in shadow beside the champion; `rollout step` runs take it on to
+    10/25/50/100% of the dies, then promote it or roll it back.
 
-    Overrides are `key=value` rollout settings, e.g. `stage_window_s=60`. Exits 3 when the
-    challenger was rolled back, 4 when the version may not serve (not approved, rejected,
-    rolled back, gates failed), naming the reason.
+    Overrides are `key=value` rollout settings, e.g. `stage_window_s=60`; they are kept in
+    the rollout state for every step. Exits 4 when the version may not serve (not approved,
+    rejected, rolled back, gates failed), naming the reason.
     """
-    from flows.rollout import rollout as rollout_flow
+    from flows.rollout import rollout_start as start_flow
+    from monitoring.rollout import load_rollout_config
+    from monitoring.rollout_step import RolloutInProgressError
     from registry import CHALLENGER, NotServable, open_store, require_servable, resolve
 
     client = open_store(tracking_uri).client
     try:
+        load_rollout_config(config_path, list(overrides))  # bad settings: before a flow run
         target = str(resolve(client, model_name, version or CHALLENGER).version)
-        require_servable(client, model_name, target)  # before a flow run starts
-        result = rollout_flow(
-            model_name=model_name,
-            tracking_uri=tracking_uri,
-            log_url=log_url,
-            version=version,
-            config=config_path,
-            overrides=list(overrides),
-        )
+        require_servable(client, model_name, target)
+        state = start_flow(model_name, tracking_uri, target, config_path, list(overrides))
     except NotServable as err:
         click.echo(f"Error: {err}", err=True)
         raise SystemExit(4) from err
     except MlflowException as err:
         raise click.ClickException(f"{model_name} {version or CHALLENGER}: {err.message}") from err
-    click.echo(f"version {result['version']}: {result['outcome']} ({result['reason']})")
-    click.echo(f"champion: version {result['champion']}")
-    if result["outcome"] == "rolled-back":
+    except (RolloutInProgressError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"version {state['version']}: {state['stage']} beside champion "
+               f"{state['champion']}; the rollout-step runs advance it")  # fmt: skip
+
+
+@rollout.command(name="step")
+@MODEL_NAME
+@TRACKING
+@LOG_URL
+def rollout_step(model_name, tracking_uri, log_url) -> None:
+    """Take one step of the rollout in progress now (what the rollout-step deployment runs).
+
+    Exits 3 when the step rolled the challenger back.
+    """
+    from flows.rollout import rollout_step as step_flow
+
+    step = step_flow(model_name=model_name, tracking_uri=tracking_uri, log_url=log_url)
+    if step["action"] == "idle":
+        click.echo(f"nothing to do: {step['reason']}")
+        return
+    now_in = f"; now in {step['now_in']}" if step["now_in"] else ""
+    click.echo(f"version {step['version']}, {step['stage']}: {step['action']}{now_in} "
+               f"({step['reason']})")  # fmt: skip
+    if step["action"] == "rolled-back":
         raise SystemExit(3)
 
 
@@ -91,7 +109,7 @@ def rollout_status(model_name, tracking_uri) -> None:
 @MODEL_NAME
 @TRACKING
 def rollout_stop(reason, model_name, tracking_uri) -> None:
-    """Stop the rollout now: the champion alone serves again; the flow ends at its next check."""
+    """Stop the rollout now: the champion alone serves again; steps find nothing to do."""
     from registry import open_store
     from registry.rollout_state import clear_rollout, rollout_state
 

@@ -56,9 +56,9 @@ def retrain(
         tracking_uri: the MLflow store (default: a SQLite file under mlruns/).
         auto_approve: approve without asking (demo and tests); recorded as automatic.
         approval_timeout_s: how long the run waits for a decision (none in time rejects).
-        rollout_deployment: e.g. "rollout/rollout": an approved version is handed to the
-            staged rollout (shadow, 10-100%, then promotion or rollback) instead of being
-            promoted at once ("": promote at once).
+        rollout_deployment: e.g. "rollout-start/rollout-start": an approved version is
+            handed to the staged rollout (shadow, 10-100%, then promotion or rollback)
+            instead of being promoted at once ("": promote at once).
         hold_for_rollout: leave an approved version challenger, for a rollout started
             elsewhere (the demo's simulation rolls it out in-process).
     Returns:

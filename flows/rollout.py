@@ -6,74 +6,109 @@ published as a markdown artifact and ``shadow.*`` version tags. It then decides 
 50% and 100% of the dies in turn (a 5% canary first when configured). After 100% it is
 promoted, provided the champion is still the one it was judged against.
 
-The rollout is a series of steps (`rollout_step`): read the rollout state, take at most one
-decision (monitoring.rollout.judge_check: advance, hold, roll back or stop), renew the
-lease, return. This flow drives the steps every `check_interval_s`; each step is safe to
-run from a fresh process, since everything it needs is in the registry's rollout state. A
-rollback withdraws the challenger (no alias, never served again). Clearing the rollout
-state by hand (an operator's stop) ends the flow at its next step. When the flow dies, its
-lease lapses and the service routes every die to the champion again.
+`rollout_start` records the first stage and the settings in the registry's rollout state
+and returns. `rollout_step`, the `rollout-step` deployment on an interval schedule, reads
+that state, takes at most one decision (advance, hold, roll back or stop), renews the
+lease and exits (monitoring.rollout_step): a worker restart loses nothing, and a run that
+is missed, repeated or dies half-way decides nothing twice. A rollback withdraws the
+challenger (no alias, never served again). Clearing the rollout state by hand (an
+operator's stop) ends it; when no step runs, the lease lapses and the service routes every
+die to the champion again. `rollout` is both in one process, a step every
+`check_interval_s` (the demo's simulation, or a rollout by hand without a worker).
 
-Run it with `python -m flows.rollout`, or as the `rollout` deployment in prefect.yaml.
+Run one step by hand with `python -m flows.rollout` (or `dieguard rollout step`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 
-from monitoring.rollout import (
-    RolloutConfig,
-    Stage,
-    StageDecision,
-    judge_check,
-    load_rollout_config,
-    stage_plan,
-)
+from monitoring.rollout import load_rollout_config
+from monitoring.rollout_step import Step
 from service.config import ServiceConfig
-from tasks.registry import promote_version
-from tasks.rollout import (
-    announce,
-    current_rollout,
-    end_rollout,
-    enter_stage,
-    publish_shadow,
-    read_outcomes,
-    renew,
-    resolve_versions,
-    shadow_report,
-    withdraw_version,
-)
+from tasks.rollout import announce, begin_rollout, publish_shadow, shadow_report, take_step
 
 
-@dataclass(frozen=True)
-class _Rollout:
-    """What every step needs: where things are, the version, the rules and the clock."""
+@flow(name="rollout-start", log_prints=True)
+def rollout_start(
+    model_name: str = "dieguard",
+    tracking_uri: str | None = None,
+    version: str | None = None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> dict:
+    """Start a rollout: record its first stage (shadow) and settings; steps advance it.
 
-    model_name: str
-    tracking_uri: str | None
-    log_url: str
-    version: str
-    config: RolloutConfig
-    clock: Callable[[], datetime]
+    Args:
+        model_name: the registered model in MLflow.
+        tracking_uri: the MLflow store (default: a SQLite file under mlruns/).
+        version: the version to roll out (default: the `challenger` alias).
+        config: a YAML file of RolloutConfig fields (default: the seed's values).
+        overrides: `key=value` changes to the config, e.g. `stage_window_s=60`.
+        clock: the current UTC time (default: the wall clock); for simulations.
+    Returns:
+        The rollout state (version, stage, champion, started_at, lease_until, ...).
+    Raises:
+        NotServable: the serving rule refuses the version (registry.servable).
+        RolloutInProgressError: a rollout is in progress already.
+    """
+    cfg = load_rollout_config(config, overrides)
+    state = begin_rollout(model_name, tracking_uri, version, cfg, (clock or _utc_now)())
+    stage = {"stage": state["stage"], "share": state["share"], "window_s": cfg.shadow_window_s}
+    context = {k: state[k] for k in ("champion", "started_at")}
+    announce("shadow", model_name, state["version"], stage | context)
+    return state
 
-    def announce(self, step: str, payload: dict) -> None:
-        announce(step, self.model_name, self.version, payload)
+
+@flow(name="rollout-step", log_prints=True)
+def rollout_step(
+    model_name: str = "dieguard",
+    tracking_uri: str | None = None,
+    log_url: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> dict:
+    """One step of the rollout in progress: at most one decision, the lease renewed.
+
+    Args:
+        model_name, tracking_uri: as for rollout_start.
+        log_url: the inspection log's database (default: the service's SQLite file).
+        clock: as for rollout_start.
+    Returns:
+        The step (monitoring.rollout_step.Step): action ("idle" when no rollout is in
+        progress), reason, stage judged, the stage now in force, champion, figures.
+    """
+    step, shadow = step_once(model_name, tracking_uri, log_url, clock)
+    result = {k: v for k, v in step.as_dict().items() if k != "config"}
+    return result | {"shadow": shadow}
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step's result: the stage checked, its decision, and the outcome when it ended
-    the rollout ("promoted", "rolled-back", "stopped", "interrupted"; None: it goes on)."""
-
-    stage: str
-    decision: StageDecision
-    outcome: str | None = None
-    champion: str | None = None
+def step_once(model_name, tracking_uri, log_url, clock, only=None) -> tuple[Step, dict | None]:
+    """Take a step inside a flow run (of the rollout `only` names, when given): log it,
+    announce it, and publish the shadow comparison when shadow ended; the step and that
+    comparison's summary (None: none)."""
+    now, log_url = (clock or _utc_now)(), log_url or ServiceConfig().log_url
+    step = take_step(model_name, tracking_uri, log_url, now, only)
+    log = get_run_logger()
+    if step.action == "idle":
+        log.info("nothing to do: %s", step.reason)
+        return step, None
+    again = " (finishing the decision an earlier step recorded)" if step.resumed else ""
+    log.info("%s: %s%s, %s", step.stage, step.action, again, step.reason)
+    if step.action == "hold":
+        return step, None
+    shadow = _publish_shadow(model_name, tracking_uri, log_url, step)
+    if step.action == "advance":
+        payload = {"stage": step.now_in, "from": step.stage, "reason": step.reason}
+        announce("stage", model_name, step.version, payload)
+    else:
+        payload = {"stage": step.stage, "champion": step.champion, "reason": step.reason}
+        announce(step.action, model_name, step.version, payload | {"figures": step.figures})
+    return step, shadow
 
 
 @flow(name="rollout", log_prints=True)
@@ -87,118 +122,46 @@ def rollout(
     clock: Callable[[], datetime] | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> dict:
-    """Roll a challenger out in stages; promote it, or roll it back when it fails.
+    """Start a rollout and step it in this process until it ends.
 
     Args:
-        model_name: the registered model in MLflow.
-        tracking_uri: the MLflow store (default: a SQLite file under mlruns/).
-        log_url: the inspection log's database (default: the service's SQLite file).
-        version: the version to roll out (default: the `challenger` alias).
-        config: a YAML file of RolloutConfig fields (default: the seed's values).
-        overrides: `key=value` changes to the config, e.g. `stage_window_s=60`.
-        clock: the current UTC time (default: the wall clock); for simulations.
         sleep: waits that many seconds (default: time.sleep); for simulations.
+        Others as for rollout_start and rollout_step.
     Returns:
         version, outcome ("promoted", "rolled-back", "stopped", or "interrupted" when the
-        rollout state was changed or cleared outside the flow), reason, champion (after),
-        shadow (the comparison's summary) and stages (each stage's last decision).
+        rollout state was cleared or replaced outside the flow), reason, champion (after),
+        shadow (the comparison's summary) and stages (each decision: stage, action, reason,
+        figures).
     Raises:
         NotServable: the serving rule refuses the version (registry.servable).
     """
     cfg = load_rollout_config(config, overrides)
-    versions = resolve_versions(model_name, tracking_uri, version)
-    challenger, champion = versions["challenger"], versions["champion"]
-    if champion is None or champion == challenger:
-        raise ValueError(f"{model_name}: no champion to roll version {challenger} out beside")
-    clock, sleep = clock or _utc_now, sleep or time.sleep
-    r = _Rollout(
-        model_name, tracking_uri, log_url or ServiceConfig().log_url, challenger, cfg, clock
-    )
-    context = {"champion": champion, "started_at": clock().isoformat()}
-    _enter(r, stage_plan(cfg)[0], f"shadow beside champion {champion}", context)
-    history, shadow = [], None
+    state = rollout_start(model_name, tracking_uri, version, config, overrides, clock)
+    history, shadow, mine = [], None, (state["version"], state["started_at"])
     while True:
-        sleep(cfg.check_interval_s)
-        step = rollout_step(r)
-        if step.decision.action != "hold":
-            history.append({"stage": step.stage} | step.decision.as_dict())
-        if step.stage == "shadow" and step.decision.action != "hold":
-            shadow = _publish_shadow(r, champion, context["started_at"])
-        if step.outcome is not None:
+        (sleep or time.sleep)(cfg.check_interval_s)
+        step, compared = step_once(model_name, tracking_uri, log_url, clock, mine)
+        shadow = compared or shadow
+        if step.action != "hold":
+            history.append({k: getattr(step, k) for k in ("stage", "action", "reason", "figures")})
+        if step.ended:
             break
-    result = {"version": challenger, "outcome": step.outcome, "reason": step.decision.reason}
-    after = step.champion or champion
+    outcome = "interrupted" if step.action == "idle" else step.action
+    result = {"version": state["version"], "outcome": outcome, "reason": step.reason}
+    after = step.champion or state["champion"]
     return result | {"champion": after, "shadow": shadow, "stages": history}
 
 
-def rollout_step(r: _Rollout) -> Step:
-    """Read the rollout state, take at most one decision, renew the lease: one check."""
-    state = current_rollout(r.model_name, r.tracking_uri)
-    if state is None or state["version"] != r.version:
-        why = f"the rollout state changed: {state}"
-        return Step("", StageDecision("hold", why), "interrupted", _champion_of(state))
-    now, plan = r.clock(), stage_plan(r.config)
-    names = [s.name for s in plan]
-    index = names.index(state["stage"]) if state["stage"] in names else 0
-    stage, entered = plan[index], datetime.fromisoformat(state["updated_at"])
-    since = datetime.fromisoformat(state["started_at"])
-    outcomes = read_outcomes(r.log_url, r.version, since, decided_only=False)
-    decision = judge_check(stage, outcomes, entered, now, r.config)
-    get_run_logger().info("%s: %s, %s", stage.name, decision.action, decision.reason)
-    if decision.action == "hold":
-        try:
-            renew(r.model_name, r.tracking_uri, r.version, r.config.lease_s, now)
-        except LookupError as err:  # stopped by hand since the state was read
-            return Step(stage.name, StageDecision("hold", str(err)), "interrupted")
-        return Step(stage.name, decision)
-    if decision.action == "promote" and index + 1 < len(plan):
-        nxt = plan[index + 1]
-        why = f"stage {nxt.name}: the challenger decides {nxt.share:.0%} of the dies"
-        _enter(r, nxt, why, state)
-        return Step(stage.name, decision)
-    outcome = {"promote": "promoted", "rollback": "rolled-back"}.get(decision.action, "stopped")
-    return Step(stage.name, decision, outcome, _finish(r, outcome, state, decision))
-
-
-def _enter(r: _Rollout, stage: Stage, reason: str, context: dict) -> None:
-    """Set the rollout state to `stage` (with a fresh lease) and announce it."""
-    context = {k: context[k] for k in ("champion", "started_at")}
-    lease = r.config.lease_s
-    enter_stage(r.model_name, r.tracking_uri, r.version, stage, reason, r.clock(), lease, context)
-    payload = {"stage": stage.name, "share": stage.share, "window_s": stage.window_s}
-    r.announce("shadow" if stage.mode == "shadow" else "stage", payload | context)
-
-
-def _publish_shadow(r: _Rollout, champion: str, started_at: str) -> dict:
-    """The shadow comparison as an artifact and version tags; returns its summary."""
-    since = datetime.fromisoformat(started_at)
-    report = shadow_report(r.log_url, champion, r.version, since, r.config.confidence)
-    publish_shadow(report, r.model_name, r.tracking_uri)
+def _publish_shadow(model_name, tracking_uri, log_url, step: Step) -> dict | None:
+    """When shadow ended: the comparison as an artifact and version tags; its summary."""
+    if step.stage != "shadow":
+        return None
+    since = datetime.fromisoformat(step.started_at)
+    report = shadow_report(log_url, step.champion, step.version, since, step.config.confidence)
+    publish_shadow(report, model_name, tracking_uri)
     summary = {k: v for k, v in report.as_dict().items() if k != "disagreements"}
-    r.announce("shadow-report", summary)
+    announce("shadow-report", model_name, step.version, summary)
     return summary
-
-
-def _finish(r: _Rollout, outcome: str, state: dict, decision: StageDecision) -> str:
-    """Promote (a compare-and-swap against the champion the rollout judged against), or end
-    the rollout with the champion unchanged; returns the champion."""
-    now, champion = r.clock(), state["champion"]
-    detail = {"action": outcome, "figures": decision.as_dict()["figures"]}
-    r.announce(outcome, {"stage": state["stage"], "champion": champion} | decision.as_dict())
-    if outcome == "promoted":
-        why = f"rollout passed every stage: {decision.reason}"
-        promote_version(r.model_name, r.tracking_uri, r.version, why, champion)
-        end_rollout(r.model_name, r.tracking_uri, "promoted to champion", now, "rollout", detail)
-        return r.version
-    kind = "rollback" if outcome == "rolled-back" else "rollout"
-    end_rollout(r.model_name, r.tracking_uri, decision.reason, now, kind, detail)
-    if outcome == "rolled-back":
-        withdraw_version(r.model_name, r.tracking_uri, r.version, decision.reason)
-    return champion
-
-
-def _champion_of(state: dict | None) -> str | None:
-    return state["champion"] if state else None
 
 
 def _utc_now() -> datetime:
@@ -206,4 +169,4 @@ def _utc_now() -> datetime:
 
 
 if __name__ == "__main__":
-    rollout()
+    rollout_step()

@@ -114,6 +114,7 @@ def simulate_rollout(url, station_key, operator_key, clean_dir, tracking_uri, mo
                      log_url, version, hours=12, rate=40, hour_s=5.0, feedback_delay=1.0,
                      overrides=None, rich=False, tag=None) -> dict:  # fmt: skip
     """Roll `version` out while the clean split streams; the stream ends with the rollout.
+    A rollout still in progress (an earlier simulation's) is stopped first.
 
     Args:
         url, station_key, operator_key: the running service and its keys.
@@ -130,9 +131,12 @@ def simulate_rollout(url, station_key, operator_key, clean_dir, tracking_uri, mo
     """
     from flows.rollout import rollout
     from registry import audit, open_store
+    from registry.rollout_state import clear_rollout
 
     settings = rollout_overrides(hour_s) if overrides is None else list(overrides)
     result: dict = {}
+    why = f"simulation: version {version} is rolled out next"  # one left by an earlier run
+    clear_rollout(open_store(tracking_uri).client, model_name, why)
 
     def run() -> None:
         try:

@@ -20,6 +20,7 @@ def record_event(
     kind: str,
     detail: Mapping[str, Any] | None = None,
     dedupe: bool = False,
+    once: bool = False,
 ) -> str:
     """Append an event (e.g. a rollout step) to a version's log.
 
@@ -27,6 +28,8 @@ def record_event(
         kind: what happened, e.g. "rollout", "promotion", "approval".
         detail: JSON-ready facts about it.
         dedupe: skip it when the latest event has the same kind and detail (a retried task).
+        once: skip it when any event has the same kind and detail (a step replayed after a
+            crash, with other events recorded in between).
     Returns:
         The event's tag key, e.g. ``event.0003`` (the existing one when deduplicated).
     Raises:
@@ -35,8 +38,9 @@ def record_event(
     tags = client.get_model_version(model_name, str(version)).tags
     log = events(tags)
     detail = dict(detail or {})
-    if dedupe and log and log[-1]["kind"] == kind and log[-1]["detail"] == _jsonable(detail):
-        return event_key(log[-1]["seq"])
+    same = [e for e in log if e["kind"] == kind and e["detail"] == _jsonable(detail)]
+    if same and (once or (dedupe and same[-1] is log[-1])):
+        return event_key(same[-1]["seq"])
     seq = (log[-1]["seq"] + 1) if log else 1
     key = event_key(seq)
     value = json.dumps({"time": utc_now(), "kind": kind, "detail": detail}, default=str)

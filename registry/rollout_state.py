@@ -2,10 +2,12 @@
 
 Held as registered-model tags (``rollout.version``, ``rollout.mode``, ``rollout.share``,
 ``rollout.stage``, ``rollout.updated_at``, ``rollout.reason``, ``rollout.lease_until``,
-``rollout.champion``, ``rollout.started_at``) that the service's watcher re-reads; every
-change is also a ``rollout`` event (or the given kind) on the version, so `dieguard audit`
-shows the rollout's history. ``rollout.version`` is written last and deleted
-first: a reader sees either a whole state or none.
+``rollout.champion``, ``rollout.started_at``, ``rollout.config``, ``rollout.revision``)
+that the service's watcher re-reads; every change is also a ``rollout`` event (or the given
+kind) on the version, so `dieguard audit` shows the rollout's history. ``rollout.version``
+is written last and deleted first: a reader sees either a whole state or none. The
+revision counts the changes of one rollout and is written after the other fields: a step
+that dies half-way through a change leaves the old revision (registry.rollout_decisions).
 
 The lease: every step of the rollout renews ``rollout.lease_until``. When it lapses (the
 process driving the rollout died), the service routes every die to the champion again and
@@ -27,8 +29,9 @@ from registry.servable import require_servable
 
 PREFIX = "rollout."
 VERSION = f"{PREFIX}version"
-CONTEXT = ("champion", "started_at")  # the champion it is judged against, since when
-FIELDS = ("mode", "share", "stage", "updated_at", "reason", "lease_until", *CONTEXT)
+# the champion it is judged against, since when, and its settings (JSON): kept stage to stage
+CONTEXT = ("champion", "started_at", "config")
+FIELDS = ("mode", "share", "stage", "updated_at", "reason", "lease_until", *CONTEXT, "revision")
 LEASE = f"{PREFIX}lease_until"
 MODES = ("off", "shadow", "canary")
 MAX_REASON = 1000  # characters kept in the tag (the event keeps the whole reason)
@@ -46,6 +49,7 @@ def set_rollout(
     detail: Mapping[str, Any] | None = None,
     lease_s: float | None = None,
     context: Mapping[str, str] | None = None,
+    revision: int | None = None,
 ) -> dict:
     """Point the service at `version` in `mode` with `share` of the dies, and log the step.
 
@@ -57,7 +61,10 @@ def set_rollout(
         now: the step's time (None: the wall clock).
         detail: more facts for the event (e.g. the figures behind the step).
         lease_s: the lease, from `now` (None: no lease, the state holds until changed).
-        context: the rollout's ``champion`` and ``started_at`` (kept from stage to stage).
+        context: the rollout's ``champion``, ``started_at`` and ``config`` (kept from stage
+            to stage).
+        revision: the state's revision (None: one more than the current state's, 1 when
+            there is none).
     Returns:
         The state as `rollout_state` reads it.
     Raises:
@@ -71,13 +78,17 @@ def set_rollout(
     version, at = str(version), _time(now)
     if mode != "off":
         require_servable(client, model_name, version)
+    if revision is None:
+        revision = (rollout_state(client, model_name) or {"revision": 0})["revision"] + 1
     state = {"version": version, "mode": mode, "share": float(share), "stage": stage}
     state |= {"updated_at": at, "reason": reason, "lease_until": _deadline(now, lease_s)}
     state |= {name: str((context or {}).get(name, "")) for name in CONTEXT}
+    state["revision"] = int(revision)
     facts = {"mode": mode, "share": float(share), "stage": stage, "reason": reason, "time": at}
-    record_event(client, model_name, version, "rollout", facts | dict(detail or {}))
+    facts["revision"] = int(revision)  # with the time: a replayed change records nothing new
+    record_event(client, model_name, version, "rollout", facts | dict(detail or {}), once=True)
     for name in FIELDS:
-        value = str(state[name])[:MAX_REASON]
+        value = str(state[name])[:MAX_REASON] if name == "reason" else str(state[name])
         client.set_registered_model_tag(model_name, f"{PREFIX}{name}", value)
     client.set_registered_model_tag(model_name, VERSION, version)
     return state
@@ -119,8 +130,8 @@ def record_stall(client: MlflowClient, model_name: str, state: Mapping[str, Any]
 
 def rollout_state(client: MlflowClient, model_name: str) -> dict | None:
     """The current rollout state {version, mode, share, stage, updated_at, reason,
-    lease_until, champion, started_at ("" when not set)}, or None
-    when there is none (or no such registered model)."""
+    lease_until, champion, started_at, config ("" when not set), revision (0 when not
+    set)}, or None when there is none (or no such registered model)."""
     try:
         tags = client.get_registered_model(model_name).tags
     except MlflowException as err:
@@ -131,7 +142,8 @@ def rollout_state(client: MlflowClient, model_name: str) -> dict | None:
         return None
     state = {"version": tags[VERSION]} | {n: tags.get(f"{PREFIX}{n}", "") for n in FIELDS}
     mode = state["mode"] if state["mode"] in MODES else "off"  # a hand-edited tag: safest
-    return state | {"mode": mode, "share": _share(state["share"])}
+    revision = int(state["revision"]) if state["revision"].isdigit() else 0
+    return state | {"mode": mode, "share": _share(state["share"]), "revision": revision}
 
 
 def clear_rollout(
@@ -151,13 +163,15 @@ def clear_rollout(
         detail: more facts for the event (e.g. the figures behind a rollback).
     Returns:
         The state that was cleared, or None when there was none (nothing is recorded then).
+        A rerun after a crash, with the same `now`, records no second event.
     """
     state = rollout_state(client, model_name)
     if state is None:
         return None
     at = _time(now)
     facts = {"mode": "off", "share": 0.0, "stage": state["stage"], "reason": reason, "time": at}
-    record_event(client, model_name, state["version"], kind, facts | dict(detail or {}))
+    facts = facts | dict(detail or {})
+    record_event(client, model_name, state["version"], kind, facts, once=True)
     tags = client.get_registered_model(model_name).tags
     for key in [VERSION] + [f"{PREFIX}{n}" for n in FIELDS]:
         if key in tags:

@@ -75,11 +75,11 @@ def withdraw(
 ) -> None:
     """Take a version out of service for good: tags that fail the rule, an event of `kind`
     ("rejection", "rollback") with the reason, and the ``challenger`` alias removed (last:
-    a retry after a crash finds the tags and finishes)."""
+    a rerun after a crash finds the tags and event and finishes)."""
     version = str(version)
     tags = client.get_model_version(model_name, version).tags
     if not tags.get(WITHDRAWN_AT):
         client.set_model_version_tag(model_name, version, WITHDRAWN_REASON, f"{kind}: {reason}")
         client.set_model_version_tag(model_name, version, WITHDRAWN_AT, utc_now())
-    record_event(client, model_name, version, kind, {"reason": reason}, dedupe=True)
+    record_event(client, model_name, version, kind, {"reason": reason}, once=True)
     drop_alias(client, model_name, CHALLENGER, version)

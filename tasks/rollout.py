@@ -1,6 +1,6 @@
-"""Rollout tasks: read the inspection log, steer the registry's rollout state, report, announce.
+"""Rollout tasks: start a rollout, take a step, report the shadow comparison, announce.
 
-Registry tasks retry (every registry call here is safe to repeat); the log is read-only.
+A step retries as a whole (it is safe to repeat); the log is read-only.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 
-from monitoring.rollout import Outcome, Stage, challenger_outcomes
+from monitoring import rollout_step as steps
+from monitoring.rollout import Outcome, RolloutConfig, challenger_outcomes
+from monitoring.rollout_step import Step
 from monitoring.shadow import ShadowReport, compare_shadow
-from registry import CHALLENGER, CHAMPION, open_store, resolve
-from registry.aliases import alias_version
-from registry.model_card import write_model_card
-from registry.rollout_state import clear_rollout, renew_lease, rollout_state, set_rollout
-from registry.servable import require_servable, withdraw
+from registry import CHALLENGER, open_store, require_servable, resolve
 from service.inspection_log import InspectionLog
 
 RETRY = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
@@ -37,81 +35,42 @@ def _log(url: str):
 
 
 @task(cache_policy=NO_CACHE)
-def resolve_versions(model_name: str, tracking_uri: str | None, version: str | None) -> dict:
-    """The challenger's version number (default: the `challenger` alias), the champion's,
-    and how the challenger was approved.
+def begin_rollout(
+    model_name: str, tracking_uri: str | None, version: str | None, config: RolloutConfig, now
+) -> dict:
+    """Record the rollout's first stage (shadow) for `version` (default: the `challenger`
+    alias); see monitoring.rollout_step.start_rollout.
 
     Raises:
-        NotServable: the serving rule refuses the challenger (registry.servable).
+        NotServable: the serving rule refuses the version (registry.servable).
+        RolloutInProgressError: a rollout is in progress already.
     """
     client = open_store(tracking_uri).client
     challenger = str(resolve(client, model_name, version or CHALLENGER).version)
-    approval = require_servable(client, model_name, challenger)
-    champion = alias_version(client, model_name, CHAMPION)
-    return {"challenger": challenger, "champion": champion, "approval": approval}
+    require_servable(client, model_name, challenger)
+    return steps.start_rollout(client, model_name, challenger, config, now)
 
 
-@task(**RETRY)
-def enter_stage(
-    model_name: str,
-    tracking_uri: str | None,
-    version: str,
-    stage: Stage,
-    reason: str,
-    now: datetime,
-    lease_s: float,
-    context: dict,
-) -> dict:
-    """Set the rollout state to a stage, with a fresh lease: the service follows it at its
-    next sync (refused by the serving rule for a version that may not serve)."""
+@task(**RETRY)  # a step is safe to repeat: a decision on record is finished, not retaken
+def take_step(
+    model_name: str, tracking_uri: str | None, log_url: str, now: datetime, only=None
+) -> Step:
+    """One step of the rollout in progress (monitoring.rollout_step.take_step)."""
     client = open_store(tracking_uri).client
-    return set_rollout(
-        client, model_name, version, stage.mode, stage.share, stage.name, reason, now,
-        lease_s=lease_s, context=context,
-    )  # fmt: skip
+    return steps.take_step(client, model_name, log_outcomes(log_url), now, only)
 
 
-@task(cache_policy=NO_CACHE)  # a lost state is an answer, not a failure to retry
-def renew(model_name: str, tracking_uri: str | None, version: str, lease_s: float, now) -> str:
-    """Renew the rollout's lease (LookupError: the rollout state is gone or someone else's)."""
-    return renew_lease(open_store(tracking_uri).client, model_name, version, lease_s, now)
+def log_outcomes(log_url: str) -> steps.OutcomeReader:
+    """A reader of the challenger's labelled judgements in the inspection log, shadow or
+    deciding (see challenger_outcomes)."""
 
+    def read(version: str, since: datetime) -> list[Outcome]:
+        with _log(log_url) as log:
+            inspections = log.recent(LOG_LIMIT, flagged_only=False, since=since)
+            labels = log.feedback(latest_only=True)  # any label time: joined on the inspection
+        return challenger_outcomes(inspections, labels, version, decided_only=False)
 
-@task(**RETRY)
-def withdraw_version(model_name: str, tracking_uri: str | None, version: str, reason: str):
-    """A rolled-back challenger: withdrawn for good (no alias, may not serve), card updated."""
-    client = open_store(tracking_uri).client
-    withdraw(client, model_name, version, "rollback", reason)
-    write_model_card(client, model_name, version)
-
-
-@task(**RETRY)
-def current_rollout(model_name: str, tracking_uri: str | None) -> dict | None:
-    """The registry's rollout state now (None: none)."""
-    return rollout_state(open_store(tracking_uri).client, model_name)
-
-
-@task(**RETRY)
-def end_rollout(
-    model_name: str,
-    tracking_uri: str | None,
-    reason: str,
-    now: datetime,
-    kind: str = "rollout",
-    detail: dict | None = None,
-) -> dict | None:
-    """Clear the rollout state (the champion alone serves) and record why on the version."""
-    client = open_store(tracking_uri).client
-    return clear_rollout(client, model_name, reason, now, kind, detail)
-
-
-@task(cache_policy=NO_CACHE)
-def read_outcomes(log_url: str, version: str, since: datetime, decided_only: bool) -> list[Outcome]:
-    """The challenger's labelled judgements since `since` (see challenger_outcomes)."""
-    with _log(log_url) as log:
-        inspections = log.recent(LOG_LIMIT, flagged_only=False, since=since)
-        labels = log.feedback(latest_only=True)  # any label time: joined on the inspection
-    return challenger_outcomes(inspections, labels, version, decided_only)
+    return read
 
 
 @task(cache_policy=NO_CACHE)
@@ -155,7 +114,7 @@ def start_rollout(deployment: str, model_name: str, tracking_uri: str | None, ve
     """Start the rollout deployment for an approved version; returns the new flow run's id.
 
     Args:
-        deployment: `<flow>/<deployment>`, e.g. "rollout/rollout".
+        deployment: `<flow>/<deployment>`, e.g. "rollout-start/rollout-start".
     """
     run = run_deployment(
         name=deployment,

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,19 @@ def test_every_deployment_of_the_project_file_is_deployed(deployed):
     pools = {d.name: d.work_pool_name for d in found}
     assert pools["weekly-retrain-gpu"] == "dieguard-gpu"
     assert {pools[n] for n in names if n != "weekly-retrain-gpu"} == {"dieguard-process"}
+
+
+def test_the_rollout_steps_on_an_interval_one_step_at_a_time(deployed):
+    found = {d.name: d for d in read(lambda c: c.read_deployments())}
+    step = found["rollout-step"]
+    ((schedule,),) = [[s.schedule for s in step.schedules if s.active]]
+    assert schedule.interval == timedelta(minutes=10)
+    assert step.global_concurrency_limit.limit == 1
+    assert step.concurrency_options.collision_strategy == "CANCEL_NEW"
+    assert step.parameters["log_url"].startswith("sqlite:///")
+    assert not found["rollout-start"].schedules  # started by weekly-retrain or a person
+    retrain = found["weekly-retrain"].parameters["rollout_deployment"]
+    assert retrain == "rollout-start/rollout-start"
 
 
 def test_the_gpu_retrain_renders_a_one_gpu_job(deployed):

@@ -1,8 +1,12 @@
-"""`dieguard reject` and `dieguard rollout start` against a real SQLite registry."""
+"""`dieguard reject` and `dieguard rollout start/step/status/stop` against a real SQLite
+registry (and the Prefect test harness for the flows they run)."""
 
 from __future__ import annotations
 
+import json
+
 from click.testing import CliRunner
+from prefect.testing.utilities import prefect_test_harness
 
 from dieguard.cli import main
 from registry import CHAMPION, install_first, open_store
@@ -11,7 +15,8 @@ from tests.registry.approvals import make_servable
 MODEL = "dieguard-cli"
 
 
-def test_a_rejected_version_cannot_be_rolled_out(tmp_path):
+def registry_with_challenger(tmp_path) -> str:
+    """A SQLite registry: version 1 champion, version 2 an approved challenger."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = open_store(uri).client
     client.create_registered_model(MODEL)
@@ -20,6 +25,12 @@ def test_a_rejected_version_cannot_be_rolled_out(tmp_path):
     install_first(client, MODEL, "1", "the CNN in production")
     make_servable(client, MODEL, "2")
     client.set_registered_model_alias(MODEL, "challenger", "2")
+    return uri
+
+
+def test_a_rejected_version_cannot_be_rolled_out(tmp_path):
+    uri = registry_with_challenger(tmp_path)
+    client = open_store(uri).client
     where = ["--tracking-uri", uri]
 
     rejected = CliRunner().invoke(
@@ -40,3 +51,28 @@ def test_a_rejected_version_cannot_be_rolled_out(tmp_path):
         main, ["reject", MODEL, "9", "--reason", "x", "--approver", "j", *where]
     )
     assert unknown.exit_code == 1 and "version 9" in unknown.output
+
+
+def test_start_records_the_shadow_stage_and_steps_take_it_on(tmp_path):
+    uri = registry_with_challenger(tmp_path)
+    where = ["--model-name", MODEL, "--tracking-uri", uri]
+    log = ["--log-url", f"sqlite:///{tmp_path / 'inspections.db'}"]
+    cli = CliRunner()
+    with prefect_test_harness(server_startup_timeout=120):
+        bad = cli.invoke(main, ["rollout", "start", *where, "stages=[0.5]"])
+        assert bad.exit_code == 1 and "end at 1.0" in bad.output
+        started = cli.invoke(main, ["rollout", "start", *where, "stage_window_s=60"])
+        assert started.exit_code == 0, started.output
+        assert "version 2: shadow beside champion 1" in started.output
+        again = cli.invoke(main, ["rollout", "start", *where])
+        assert again.exit_code == 1 and "version 2 is being rolled out (shadow)" in again.output
+        status = json.loads(cli.invoke(main, ["rollout", "status", *where]).output)
+        assert (status["stage"], status["revision"]) == ("shadow", 1)
+        assert json.loads(status["config"])["stage_window_s"] == 60  # kept for every step
+        step = cli.invoke(main, ["rollout", "step", *where, *log])
+        assert step.exit_code == 0, step.output
+        assert "version 2, shadow: hold" in step.output  # four weeks of shadow by default
+        stopped = cli.invoke(main, ["rollout", "stop", "--reason", "line down", *where])
+        assert stopped.exit_code == 0, stopped.output
+        idle = cli.invoke(main, ["rollout", "step", *where, *log])
+    assert idle.exit_code == 0 and "nothing to do: no rollout in progress" in idle.output

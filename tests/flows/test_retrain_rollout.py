@@ -11,19 +11,19 @@ from prefect.testing.utilities import prefect_test_harness
 from tasks.rollout import start_rollout
 
 
-@flow(name="rollout")
+@flow(name="rollout-start")
 def stand_in_rollout(model_name: str = "dieguard", tracking_uri=None, version=None) -> None:
     """The deployment the retrain starts; no worker runs it, so its run stays Scheduled."""
 
 
 @flow
 def hand_over(version: str) -> str:
-    return start_rollout("rollout/rollout", "dieguard", "sqlite:///x.db", version)
+    return start_rollout("rollout-start/rollout-start", "dieguard", "sqlite:///x.db", version)
 
 
 def test_an_approved_version_starts_the_rollout_deployment():
     with prefect_test_harness(server_startup_timeout=120):
-        stand_in_rollout.to_deployment(name="rollout").apply()
+        stand_in_rollout.to_deployment(name="rollout-start").apply()
         run_id = hand_over("7")
 
         async def read():

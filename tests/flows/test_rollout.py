@@ -1,6 +1,7 @@
-"""The rollout state in a real MLflow store, and the rollout flow end to end under Prefect.
+"""The rollout state in a real MLflow store, its steps, and the rollout flow end to end
+under Prefect.
 
-The flow runs on a fake clock with zero-length windows; its `sleep` runs a simulated line:
+The flows run on a fake clock with zero-length windows; the `sleep` runs a simulated line:
 each wait inspects a batch of dies routed as the registry's rollout state says (as the
 service does), logs both models' decisions in a real SQLite inspection log, and has an
 operator label every die.
@@ -17,8 +18,9 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.rollout import rollout
+from flows.rollout import rollout, rollout_start, rollout_step
 from model.schema import CLASS_NAMES
+from monitoring.rollout_step import RolloutInProgressError
 from registry import (
     CHALLENGER,
     CHAMPION,
@@ -92,6 +94,8 @@ def test_rollout_state_round_trip_and_its_audit_events(registry):
         "lease_until": "",
         "champion": "",
         "started_at": "",
+        "config": "",
+        "revision": 2,  # the second change of the rollout state
     }
     with pytest.raises(ValueError, match="mode"):
         set_rollout(client, MODEL, "2", "everything", 1.0, "x", "no")
@@ -108,6 +112,7 @@ def test_rollout_state_round_trip_and_its_audit_events(registry):
         "stage": "25%",
         "reason": "stage two",
         "time": "2026-03-02T06:00:00.000+00:00",
+        "revision": 2,
     }
     assert events[2]["detail"]["stage"] == "25%" and events[2]["detail"]["k"] == 3
     assert "rollback" in format_audit(audit(client, MODEL, "2"))
@@ -220,8 +225,11 @@ def run_rollout(
 def test_a_good_challenger_is_promoted_stage_by_stage(prefect_server, registry, tmp_path):
     result, line = run_rollout(registry, tmp_path)
     assert result["outcome"] == "promoted" and result["champion"] == "2", result["reason"]
-    assert [s["stage"] for s in result["stages"]] == ["shadow", "50%", "100%"]
-    assert all(s["action"] == "promote" for s in result["stages"])
+    assert [(s["stage"], s["action"]) for s in result["stages"]] == [
+        ("shadow", "advance"),
+        ("50%", "advance"),
+        ("100%", "promoted"),
+    ]
     assert result["shadow"]["dies"] == 200 and result["shadow"]["flag_agreement"]["rate"] == 1.0
     assert aliases(registry) == {CHAMPION: "2", PREVIOUS: "1"}
     client = open_store(registry).client
@@ -239,8 +247,8 @@ def test_a_challenger_that_lets_defects_through_is_rolled_back(prefect_server, r
     result, line = run_rollout(registry, tmp_path, bad_from=1)  # fine in shadow, then not
     assert result["outcome"] == "rolled-back" and result["champion"] == "1"
     assert [(s["stage"], s["action"]) for s in result["stages"]] == [
-        ("shadow", "promote"),
-        ("50%", "rollback"),
+        ("shadow", "advance"),
+        ("50%", "rolled-back"),
     ]
     assert aliases(registry) == {CHAMPION: "1"}  # withdrawn: no longer challenger
     client = open_store(registry).client
@@ -300,3 +308,45 @@ def test_a_rejected_version_is_never_rolled_out(prefect_server, registry, tmp_pa
     with pytest.raises(NotServable, match="rejected"):
         set_rollout(client, MODEL, "2", "canary", 0.1, "10%", "by hand")
     assert rollout_state(client, MODEL) is None
+
+
+def registry_snapshot(uri: str) -> tuple[dict, dict]:
+    """The registered model's tags and every version's tags: what a step could change."""
+    client = open_store(uri).client
+    versions = {v.version: dict(v.tags) for v in client.search_model_versions(f"name='{MODEL}'")}
+    return dict(client.get_registered_model(MODEL).tags), versions
+
+
+def test_a_step_with_no_rollout_in_progress_changes_nothing(prefect_server, registry, tmp_path):
+    before = registry_snapshot(registry)
+    step = rollout_step(MODEL, registry, f"sqlite:///{tmp_path / 'inspections.db'}")
+    assert step["action"] == "idle" and step["reason"] == "no rollout in progress"
+    assert registry_snapshot(registry) == before
+
+
+def test_two_steps_back_to_back_take_one_decision(prefect_server, registry, tmp_path):
+    log_url = f"sqlite:///{tmp_path / 'inspections.db'}"
+    line = Line(log_url, registry)
+    try:
+        started = rollout_start(MODEL, registry, None, None, FAST, line.clock)
+        assert (started["stage"], started["revision"], started["champion"]) == ("shadow", 1, "1")
+        line.sleep(0)  # an hour of shadow: every die labelled
+        first, second = (rollout_step(MODEL, registry, log_url, line.clock) for _ in range(2))
+    finally:
+        line.log.close()
+    assert (first["action"], first["stage"], first["now_in"]) == ("advance", "shadow", "50%")
+    assert first["shadow"]["dies"] == 200
+    assert (second["action"], second["stage"]) == ("hold", "50%")  # nothing decided in it yet
+    client = open_store(registry).client
+    state = rollout_state(client, MODEL)
+    assert (state["stage"], state["revision"]) == ("50%", 2)
+    assert state["lease_until"] > line.now.isoformat()  # renewed by the hold
+    stages = [e["detail"]["stage"] for e in audit(client, MODEL, "2")["events"][1:]]
+    assert stages == ["shadow", "50%"]
+
+
+def test_a_second_rollout_waits_for_the_first(prefect_server, registry):
+    rollout_start(MODEL, registry, "2", None, FAST, lambda: T0)
+    with pytest.raises(RolloutInProgressError, match="version 2 is being rolled out"):
+        rollout_start(MODEL, registry, "2", None, FAST, lambda: T0)
+    assert rollout_state(open_store(registry).client, MODEL)["revision"] == 1

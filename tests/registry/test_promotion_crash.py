@@ -4,20 +4,18 @@ must complete the promotion exactly once."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 
 import pytest
-from mlflow import MlflowClient
 
 from registry import CHALLENGER, CHAMPION, PREVIOUS, ChampionMovedError, install_first, promote
 from registry.events import events
 from registry.store import open_store
 from tests.registry.approvals import make_servable
+from tests.registry.crash import die_after_writes
 
 MODEL = "dieguard-crash"
-WRITES = ("set_", "delete_", "update_", "create_")
 
 
 @pytest.fixture(scope="module")
@@ -37,31 +35,10 @@ def template(tmp_path_factory):
 
 
 def promote_and_die_after(uri: str, k: int) -> int:
-    """Promote version 3 in a forked child that SIGKILLs itself after its k-th registry
-    write; returns the signal that ended it (0: it finished first)."""
-    pid = os.fork()
-    if pid == 0:  # the child: count writes on every client method, die after the k-th
-        done = [0]
-        for name in dir(MlflowClient):
-            if name.startswith(WRITES):
-                setattr(MlflowClient, name, _killing(getattr(MlflowClient, name), done, k))
-        try:
-            promote(open_store(uri).client, MODEL, "3", "rollout passed", "2")
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-
-
-def _killing(method, done: list[int], k: int):
-    def call(*args, **kwargs):
-        result = method(*args, **kwargs)
-        done[0] += 1
-        if done[0] == k:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return result
-
-    return call
+    """Promote version 3 in a child killed after its k-th registry write (0: it finished)."""
+    return die_after_writes(
+        k, lambda: promote(open_store(uri).client, MODEL, "3", "rollout passed", "2")
+    )
 
 
 @pytest.mark.slow
