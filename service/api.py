@@ -41,8 +41,8 @@ class InspectResponse(BaseModel):
     defect_probability: float = Field(description="1 - P(good)")
     probabilities: dict[str, float]
     attention_heatmap: str = Field(
-        description="Base64 PNG, RGBA at the image's size: the region attention as a "
-        "transparent layer to draw over the die image"
+        description="Base64 PNG at the image's size, decoding to RGBA (indexed, alpha per "
+        "palette entry): the region attention as a transparent layer to draw over the die image"
     )
     anomalous_parameters: list[dict] = Field(
         description="Parameters beyond the sigma limit: name, value, unit, z, step"
