@@ -60,14 +60,24 @@ class Spool:
         with self._lock:
             if self._file is None or self._count >= self.segment_records:
                 self._rotate()
-            self._file.write(line.encode())
-            self._file.flush()
+            self._write_whole(line.encode())
             self._written += 1
             sequence, segment = self._written, self._current
             self._count += 1
             self._unsettled[segment] += 1
         self._wait_durable(sequence)
         return segment
+
+    def _write_whole(self, data: bytes) -> None:
+        """Append one line whole or not at all: a write cut short (disk full) is cut off
+        again, so the next record does not continue a torn line and get lost with it."""
+        end, view = self._file.tell(), memoryview(data)
+        try:
+            while view:
+                view = view[self._file.write(view) :]
+        except OSError:
+            self._file.truncate(end)
+            raise
 
     def _wait_durable(self, sequence: int) -> None:
         """Block until record `sequence` is fsynced: join the running fsync's successor, or
@@ -146,7 +156,7 @@ class Spool:
                 self._delete(self._current)
         self._current += 1
         path = self.folder / f"{self._current:06d}.jsonl"
-        self._file = open(path, "ab")  # noqa: SIM115 (held open across appends)
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 (held open across appends)
         self._count, self._unsettled[self._current] = 0, 0
         sync_folder(self.folder)
 

@@ -3,6 +3,7 @@ crash, written to the log once, and gone from disk once they are in the database
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from service.inspection_log import InspectionLog
 from service.spool import Spool
@@ -28,6 +30,27 @@ def test_records_survive_a_crash_and_a_torn_line_is_skipped(tmp_path):
     recovered = Spool(tmp_path).recover()  # a new process over the same folder
     assert [(s, r["n"]) for s, r in recovered] == [(1, 0), (1, 1), (2, 2)]
     assert recovered[0][1]["v"] == 0.5
+
+
+def test_a_write_cut_short_by_a_full_disk_does_not_tear_the_next_record(tmp_path):
+    spool = Spool(tmp_path)
+    spool.append({"n": 0})
+    segment = spool._file
+
+    class DiskFull:
+        def write(self, data):
+            segment.write(bytes(data[:5]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(segment, name)
+
+    spool._file = DiskFull()
+    with pytest.raises(OSError, match="No space"):
+        spool.append({"n": 1})
+    spool._file = segment  # space again
+    spool.append({"n": 2})
+    assert [r["n"] for _, r in Spool(tmp_path).recover()] == [0, 2]
 
 
 def test_concurrent_appends_share_fsyncs_and_return_only_once_theirs_is_done(tmp_path, monkeypatch):
