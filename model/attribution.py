@@ -49,7 +49,13 @@ def occlusion_attribution(
     logits = np.asarray(run(batch), np.float64)
     if logits.ndim != 2 or logits.shape[0] != n or not 0 <= target < logits.shape[1]:
         raise ValueError(f"logits of shape {logits.shape} do not fit {n} dies and class {target}")
-    odds = _log_odds(logits, target)
+    return log_odds_drops(logits, target)
+
+
+def log_odds_drops(logits: np.ndarray, target: int) -> np.ndarray:
+    """(n - 1,) row 0's log-odds of class `target` less each other row's: logits (n, C) of a
+    die as it is, then of its occluded variants."""
+    odds = _log_odds(np.asarray(logits, np.float64), target)
     return odds[0] - odds[1:]
 
 

@@ -14,6 +14,7 @@ from model.schema import CLASS_NAMES, FABS, NUM_CLASSES
 from registry import CHAMPION
 from registry.servable import NotServable
 from service.auth import require
+from service.batcher import DeadlineError
 from service.config import ADMIN, OPERATOR, STATION, ApiKey
 from service.feedback import MAX_COMMENT_CHARS, store_feedback
 from service.inputs import parse_die
@@ -41,8 +42,8 @@ class InspectResponse(BaseModel):
     defect_probability: float = Field(description="1 - P(good)")
     probabilities: dict[str, float]
     attention_heatmap: str = Field(
-        description="Base64 PNG, RGBA at the image's size: the region attention as a "
-        "transparent layer to draw over the die image"
+        description="Base64 PNG at the image's size, decoding to RGBA (indexed, alpha per "
+        "palette entry): the region attention as a transparent layer to draw over the die image"
     )
     anomalous_parameters: list[dict] = Field(
         description="Parameters beyond the sigma limit: name, value, unit, z, step"
@@ -85,16 +86,21 @@ async def inspect_die(
     """Classify one die and explain why; a 200 means the inspection is stored durably.
 
     503 with Retry-After when the model's queue is full, 504 when the model does not answer
-    within the request deadline (nothing is stored in either case).
+    within the request deadline, counted from the request's arrival (nothing is stored in
+    either case).
     """
-    start = time.perf_counter()
+    start = request.state.arrived_at  # the deadline counts from the request's arrival
     state = request.app.state.service
     data = await image.read()
     die = await asyncio.to_thread(
         parse_die, data, process_log, die_id, wafer_id, operator_notes, metadata,
         state.config.max_image_bytes, state.config.max_missing_share,
     )  # fmt: skip
-    body = await inspect(state, die, state.config.request_timeout_s - (time.perf_counter() - start))
+    deadline_s = state.config.request_timeout_s
+    remaining = deadline_s - (time.perf_counter() - start)
+    if remaining <= 0:  # it waited for the server that long: the model would answer too late
+        raise DeadlineError(f"the die waited past its {deadline_s:g} s deadline")
+    body = await inspect(state, die, remaining)
     state.metrics.request_latency.observe(time.perf_counter() - start)
     return body
 

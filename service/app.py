@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -66,6 +67,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    app.add_middleware(ArrivalTime)  # added last: the outermost, the first to see a request
     app.include_router(api_router)
     app.include_router(dashboard_router)
     _add_operations(app)
@@ -173,6 +175,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageError)
     async def not_stored(request: Request, err: StorageError):
         return refused(request, 503, str(err), retry=5)
+
+
+class ArrivalTime:
+    """Stamp each request with its arrival (`request.state.arrived_at`, perf_counter s)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["arrived_at"] = time.perf_counter()
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:

@@ -30,6 +30,7 @@ class DieOutput:
     """One die's verdict and the outputs behind it."""
 
     decision: Decision
+    logits: np.ndarray  # (C,)
     region_map: np.ndarray  # (K,)
     process_attention: np.ndarray  # (K, 48)
     embedding: np.ndarray  # (D,)
@@ -86,6 +87,7 @@ class ModelEngine:
         return [
             DieOutput(
                 decision=self._decision(p, role, latency_ms),
+                logits=out["logits"][i],
                 region_map=out["region_map"][i],
                 process_attention=out["process_attention"][i],
                 embedding=out["embedding"][i],

@@ -95,18 +95,23 @@ def heatmap_png(image: np.ndarray, region_map: np.ndarray, alpha: float = 0.45) 
 
 
 def overlay_png(region_map: np.ndarray, size: int, alpha: float = 0.45) -> bytes:
-    """The region attention alone as a transparent RGBA layer of side `size`, as PNG.
+    """The region attention alone as a transparent layer of side `size`, as PNG.
 
     Drawn over the die image it gives `heatmap_png`; it is a few KB where the composite is
-    ~100 KB, so it is what the API returns for every die. Fully transparent when K == 1.
+    ~100 KB, so it is what the API returns for every die. Colour and opacity are both a
+    function of the attention level, so the layer is stored as an indexed PNG whose 256
+    palette entries carry their alpha (PLTE and tRNS): a reader decodes it to RGBA, and it
+    is a quarter of the pixels to compress. Fully transparent when K == 1.
     """
     level = _attention_levels(region_map, size, size, alpha)
     if level is None:
         level = np.zeros((size, size), np.uint8)
-    rgba = np.empty((size, size, 4), np.uint8)
-    rgba[..., :3] = np.rint(_LUT[level]).astype(np.uint8)
-    rgba[..., 3] = np.rint(level * alpha).astype(np.uint8)
-    return _encode_png(rgba)
+    palette = np.empty((256, 4), np.uint8)
+    palette[:, :3] = np.rint(_LUT).astype(np.uint8)
+    palette[:, 3] = np.rint(np.arange(256) * alpha).astype(np.uint8)
+    layer = Image.fromarray(level, "P")
+    layer.putpalette(palette.tobytes(), rawmode="RGBA")
+    return _encode_png(layer)
 
 
 def overlay_base64(region_map: np.ndarray, size: int, alpha: float = 0.45) -> str:
@@ -154,10 +159,11 @@ def _colormap(values: np.ndarray) -> np.ndarray:
 _LUT = _colormap(np.linspace(0.0, 1.0, 256)).astype(np.float32)  # 256, 3
 
 
-def _encode_png(image: np.ndarray) -> bytes:
+def _encode_png(image: np.ndarray | Image.Image) -> bytes:
     """Fast PNG (level 1): the heatmap is made for every inspected die."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

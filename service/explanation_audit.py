@@ -20,7 +20,9 @@ import pandas as pd
 from model.contract import read_split
 from model.schema import CLASS_NAMES, parameter_names
 from model.synthetic.generate import TRUTH_FILE
+from service.attribution import anomaly_attribution
 from service.engine import ModelEngine
+from service.explain import anomalous_parameters
 from service.inputs import parse_die
 from service.inspection import response_body
 
@@ -59,7 +61,9 @@ def explanation_audit(
     for start in range(0, len(rows), BATCH):
         dies = [_die(tables, i) for i in rows[start : start + BATCH]]
         for die, output in zip(dies, engine.predict(dies, "champion")):
-            body = response_body(die, output, engine, sigma)
+            anomalies = anomalous_parameters(die.process, engine.scaler, sigma)
+            shares = anomaly_attribution(engine, die, output, anomalies)
+            body = response_body(die, output, anomalies, shares)
             _count(counts, body, output, causes[die.die_id])
     counts["cause_rate"] = counts["named_cause"] / counts["dies"] if counts["dies"] else math.nan
     return counts

@@ -1,9 +1,12 @@
 """One inspection: route the die, run the models, explain the decision, log everything.
 
-The response waits for every model the die was routed to (they run side by side), then for
-the image and the log record to be on disk (fsynced): a 200 means the inspection is stored
-and will be in the inspection log, even if the process dies the next moment. The die's
-embedding is indexed afterwards, off the response path.
+The image goes to disk (fsynced) while the models run. The response waits for every model
+the die was routed to (they run side by side on their own threads; a challenger in shadow
+must be in the die's record, which the rollout judges), then for the occlusion attribution
+(the deciding model's batcher, under the same deadline), then for the log record to be on
+disk (fsynced, committed with the records of concurrent requests): a 200 means the
+inspection is stored and will be in the inspection log, even if the process dies the next
+moment. The die's embedding is indexed afterwards, off the response path.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import time
 import uuid
 
 from registry import CHAMPION
-from service.attribution import anomaly_attribution
+from service.attribution import batched_attribution
 from service.batcher import DeadlineError, OverloadedError
-from service.engine import DieOutput, ModelEngine
+from service.engine import DieOutput
 from service.explain import anomalous_parameters, explain, overlay_base64
 from service.models import CANDIDATE
 from service.records import DieInput
@@ -48,6 +51,8 @@ async def inspect(state: ServiceState, die: DieInput, timeout_s: float) -> dict:
     route = state.pool.routing.mode if candidate else "off"
     deciding = state.pool.routing.deciding_role(die.die_id) if candidate else CHAMPION
     models = {CHAMPION: champion, **({CANDIDATE: candidate} if candidate else {})}
+    image = asyncio.ensure_future(asyncio.to_thread(_store_image, state, die))
+    image.add_done_callback(_consume)  # a refused die leaves at most an unreferenced image
     runs = {
         role: asyncio.ensure_future(m.batcher.submit(die, timeout_s)) for role, m in models.items()
     }
@@ -61,12 +66,16 @@ async def inspect(state: ServiceState, die: DieInput, timeout_s: float) -> dict:
         log.exception("the candidate failed on %s; the champion decides", die.die_id)
         deciding, output = CHAMPION, await runs[CHAMPION]
     decisions = await _decisions(die, runs)
-    body = await asyncio.to_thread(
-        response_body, die, output, models[deciding].engine, state.config.anomaly_sigma
+    model = models[deciding]
+    anomalies = anomalous_parameters(die.process, model.engine.scaler, state.config.anomaly_sigma)
+    remaining = timeout_s - (time.perf_counter() - start)
+    shares = await batched_attribution(
+        model.batcher, model.engine, die, output, anomalies, remaining
     )
+    image_ref = await image
+    body = response_body(die, output, anomalies, shares)
     body |= {"route": route, "decided_by": deciding, "inspection_id": uuid.uuid4().hex}
-    body["latency_ms"] = round((time.perf_counter() - start) * 1000.0, 2)
-    await asyncio.to_thread(_store, state, die, body, decisions, output)
+    await asyncio.to_thread(_finish, state, die, body, decisions, output, image_ref, start)
     _count(state, die, body, decisions)
     state.pending_embeddings.append(embedding_row(die, body, output))
     return body
@@ -83,10 +92,26 @@ async def _decisions(die: DieInput, runs: dict) -> list:
     return decisions
 
 
-def _store(state: ServiceState, die: DieInput, body: dict, decisions, output) -> None:
-    """The image, then the log record, on disk (fsynced) before the station hears back."""
+def _store_image(state: ServiceState, die: DieInput) -> str:
+    """The upload in the content store, fsynced; its ref."""
     try:
-        image_ref = state.images.put(die.image_bytes, die.image_format)
+        return state.images.put(die.image_bytes, die.image_format)
+    except OSError as err:
+        log.error("could not store the image of %s: %s", die.die_id, err)
+        raise StorageError("the inspection could not be stored; retry") from err
+
+
+def _consume(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _finish(state: ServiceState, die, body: dict, decisions, output, image_ref, start) -> None:
+    """The heatmap and the latency into the body, then the log record on disk (fsynced)
+    before the station hears back: one thread hop for both."""
+    body["attention_heatmap"] = overlay_base64(output.region_map, die.image.shape[0])
+    body["latency_ms"] = round((time.perf_counter() - start) * 1000.0, 2)
+    try:
         state.log.record(inspection_record(die, body, decisions, image_ref, output))
     except OSError as err:
         log.error("could not store the inspection of %s: %s", die.die_id, err)
@@ -104,18 +129,18 @@ def _count(state: ServiceState, die: DieInput, body: dict, decisions) -> None:
         m.missing_notes.inc()
 
 
-def response_body(die: DieInput, output: DieOutput, engine: ModelEngine, sigma: float) -> dict:
-    """What the station gets back for one die (without routing and timing fields)."""
+def response_body(
+    die: DieInput, output: DieOutput, anomalies: list[dict], shares: dict[str, float]
+) -> dict:
+    """What the station gets back for one die (without the heatmap, routing and timing).
+
+    Args:
+        anomalies: `anomalous_parameters` of the die under the deciding model's scaler.
+        shares: the attribution of those anomalies (service.attribution).
+    """
     d = output.decision
-    anomalies = anomalous_parameters(die.process, engine.scaler, sigma)
     text = explain(
-        d.class_name,
-        d.flagged,
-        d.confidence,
-        output.region_map,
-        anomalies,
-        bool(die.note),
-        anomaly_attribution(engine, die, output, anomalies),
+        d.class_name, d.flagged, d.confidence, output.region_map, anomalies, bool(die.note), shares
     )
     return {
         "die_id": die.die_id,
@@ -126,7 +151,6 @@ def response_body(die: DieInput, output: DieOutput, engine: ModelEngine, sigma: 
         "flagged": d.flagged,
         "defect_probability": round(d.defect_probability, 4),
         "probabilities": {k: round(v, 4) for k, v in d.probabilities.items()},
-        "attention_heatmap": overlay_base64(output.region_map, die.image.shape[0]),
         "anomalous_parameters": anomalies,
         "missing_parameters": list(die.missing_parameters),
         "explanation": text,

@@ -51,6 +51,7 @@ class Outcome:
     model_version: str | None = None
     lag_ms: float = 0.0  # how late the request left against its scheduled time
     inspection_id: str | None = None  # what a 200 acknowledged
+    retry_after: str | None = None  # the Retry-After header of a refusal, when it had one
 
 
 @dataclass
@@ -72,6 +73,7 @@ class LoadReport:
     max_lag_ms: float = 0.0
     model_versions: dict[str, int] = field(default_factory=dict)
     acknowledged: list[str] = field(default_factory=list, repr=False)  # ids answered 200
+    outcomes: list[Outcome] = field(default_factory=list, repr=False)  # one per request
 
     @property
     def error_rate(self) -> float:
@@ -84,9 +86,8 @@ class LoadReport:
         return self.p99_ms <= p99_limit_ms and self.error_rate <= max_error_rate
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "acknowledged"} | {
-            "error_rate": self.error_rate
-        }
+        kept = {k: v for k, v in asdict(self).items() if k not in ("acknowledged", "outcomes")}
+        return kept | {"error_rate": self.error_rate}
 
     def format(self) -> str:
         """A short terminal summary of the run."""
@@ -159,6 +160,7 @@ def build_report(
         max_lag_ms=max((o.lag_ms for o in outcomes), default=0.0),
         model_versions=dict(sorted(versions.items())),
         acknowledged=[o.inspection_id for o in ok if o.inspection_id],
+        outcomes=list(outcomes),
     )
 
 
@@ -230,17 +232,19 @@ async def _send(client, url: str, die: DiePayload, timeout_s: float, due: float)
     lag_ms = max(0.0, asyncio.get_running_loop().time() - due) * 1000.0
     form, files = inspect_form(die)
     start = time.perf_counter()
+    retry_after = None
     try:
         async with asyncio.timeout(timeout_s):
             response = await client.post(url, data=form, files=files)
         kind = OK if response.status_code == 200 else str(response.status_code)
+        retry_after = response.headers.get("retry-after")
     except (TimeoutError, httpx.TimeoutException):
         kind = TIMEOUT
     except httpx.TransportError:
         kind = CONNECTION
     latency_ms = (time.perf_counter() - start) * 1000.0
     if kind != OK:
-        return Outcome(kind, latency_ms, lag_ms=lag_ms)
+        return Outcome(kind, latency_ms, lag_ms=lag_ms, retry_after=retry_after)
     try:
         body = response.json()
         server, version = body.get("latency_ms"), body.get("model_version")

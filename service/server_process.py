@@ -20,12 +20,19 @@ from service.log_tables import INSPECTIONS, engine_url
 
 class ServerProcess:
     """`dieguard serve` over a state folder, on a free loopback port, serving a fixed bundle
-    folder or (bundle None) the registry's champion."""
+    folder or (bundle None) the registry's champion; its inspection log is the SQLite file
+    in the state folder, or the database at `database_url`."""
 
     def __init__(
-        self, bundle: Path | None, state_dir: Path, keys: str, log_file: Path | None = None
+        self,
+        bundle: Path | None,
+        state_dir: Path,
+        keys: str,
+        log_file: Path | None = None,
+        database_url: str | None = None,
     ):
         self.bundle, self.state_dir, self.keys = bundle, Path(state_dir), keys
+        self.database_url = database_url
         self.log_file = log_file or self.state_dir / "server.log"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,6 +49,7 @@ class ServerProcess:
         command += ["--state-dir", str(self.state_dir)]
         command += ["--bundle", str(self.bundle)] if self.bundle else []
         env = os.environ | {"DIEGUARD_API_KEYS": self.keys, "DIEGUARD_THREADS": "1"}
+        env |= {"DIEGUARD_DATABASE_URL": self.database_url} if self.database_url else {}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             self.process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
@@ -69,6 +77,8 @@ class ServerProcess:
 
     @property
     def log_url(self) -> str:
+        if self.database_url:
+            return self.database_url
         return f"sqlite:///{(self.state_dir / 'inspections.db').resolve()}"
 
 

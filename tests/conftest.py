@@ -16,6 +16,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -146,16 +147,30 @@ def postgres_admin() -> str:
 def postgres_url(postgres_admin):
     """A fresh database on the PostgreSQL server (a postgresql:// URL), dropped after the
     session. Tests share it: each uses its own tables or names."""
+    with throwaway_database(postgres_admin) as url:
+        yield url
+
+
+@pytest.fixture
+def own_postgres_url(postgres_admin):
+    """A fresh database for one test alone (its tables are its own), dropped after it."""
+    with throwaway_database(postgres_admin) as url:
+        yield url
+
+
+@contextmanager
+def throwaway_database(admin: str):
+    """Create a database on the server of `admin`, yield its URL, drop it."""
     import psycopg
 
     name = f"dieguard_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_admin, autocommit=True, connect_timeout=3) as conn:
+    with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
         try:
             conn.execute(f'CREATE DATABASE "{name}"')
         except psycopg.Error as err:
-            _postgres_unavailable(f"cannot create a throw-away database at {postgres_admin}: {err}")
+            _postgres_unavailable(f"cannot create a throw-away database at {admin}: {err}")
         try:
-            yield postgres_admin.rsplit("/", 1)[0] + f"/{name}"
+            yield admin.rsplit("/", 1)[0] + f"/{name}"
         finally:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

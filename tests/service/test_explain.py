@@ -118,8 +118,9 @@ def test_alpha_zero_leaves_the_die():
 
 def test_the_overlay_drawn_over_the_image_is_the_heatmap():
     image, weights = _die(32), np.linspace(0, 1, 16)
-    layer = np.asarray(Image.open(io.BytesIO(base64.b64decode(overlay_base64(weights, 32)))))
-    assert layer.shape == (32, 32, 4)
+    png = Image.open(io.BytesIO(base64.b64decode(overlay_base64(weights, 32))))
+    layer = np.asarray(png.convert("RGBA"))
+    assert png.format == "PNG" and png.size == (32, 32) and layer.shape == (32, 32, 4)
     a = layer[..., 3:].astype(np.float64) / 255.0
     drawn = image * (1 - a) + layer[..., :3] * a
     composite = np.asarray(Image.open(io.BytesIO(heatmap_png(image, weights))), np.float64)
@@ -127,7 +128,7 @@ def test_the_overlay_drawn_over_the_image_is_the_heatmap():
 
 
 def test_a_vision_only_overlay_is_transparent():
-    layer = np.asarray(Image.open(io.BytesIO(overlay_png(np.ones(1), 32))))
+    layer = np.asarray(Image.open(io.BytesIO(overlay_png(np.ones(1), 32))).convert("RGBA"))
     assert layer.shape == (32, 32, 4) and not layer[..., 3].any()
 
 

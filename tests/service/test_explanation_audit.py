@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -12,7 +13,8 @@ from click.testing import CliRunner
 from dieguard.cli import main
 from model.contract import read_split
 from model.schema import CLASS_NAMES, parameter_names
-from service.attribution import anomaly_attribution
+from service.attribution import anomaly_attribution, batched_attribution
+from service.batcher import MicroBatcher
 from service.engine import ModelEngine
 from service.explain import anomalous_parameters
 from service.explanation_audit import explanation_audit, format_audit
@@ -52,6 +54,29 @@ def test_each_share_is_the_served_models_own_drop_without_that_value(flag_all, d
         reset = dict(payload.process_log) | {name: float(engine.scaler.mean[names.index(name)])}
         drop = _log_odds(engine, die, cls) - _log_odds(engine, _parsed(payload, reset), cls)
         assert share == pytest.approx(drop, abs=1e-4)
+
+
+def test_the_served_shares_come_through_the_models_batcher(flag_all, dies):
+    engine = ModelEngine(flag_all)
+    die = next(
+        d for d in map(_parsed, dies) if len(anomalous_parameters(d.process, engine.scaler)) >= 2
+    )
+    output = engine.predict([die], "champion")[0]
+    anomalies = anomalous_parameters(die.process, engine.scaler)
+    calls = []
+
+    async def served():
+        batcher = MicroBatcher(lambda batch: calls.append(len(batch)) or engine.predict(batch, ""))
+        batcher.start()
+        try:
+            return await batched_attribution(batcher, engine, die, output, anomalies, 5.0)
+        finally:
+            await batcher.stop()
+
+    shares = asyncio.run(served())
+    assert sum(calls) == len(anomalies)  # one copy of the die per out-of-range value
+    expected = anomaly_attribution(engine, die, output, anomalies)
+    assert shares == pytest.approx(expected, abs=1e-4)
 
 
 def test_a_die_not_flagged_or_in_range_has_no_shares(service_bundle, flag_all, tmp_path, dies):

@@ -1,9 +1,12 @@
-"""The service under strain, over a real server: a hung model gets 504s within the deadline
-and 503s past the queue, /readyz fails until the model answers again; wrong keys are limited;
-a pod starting while the registry is down serves its last-good bundle until it returns."""
+"""The service under strain, over a real server: at twice the rate it sustains every die is
+answered 200, 503 or 504 in time and the service recovers by itself; a hung model gets 504s
+within the deadline and 503s past the queue, /readyz fails until the model answers again;
+wrong keys are limited; a pod starting while the registry is down serves its last-good
+bundle until it returns."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from registry import CHAMPION
+from service.loadtest import make_dies, run_load
+from service.server_process import missing_from_log
 from tests.service.conftest import (
+    KEYS,
     inspect_ok,
     live_config,
     register_bundle,
@@ -22,6 +28,10 @@ from tests.service.conftest import (
 
 DEADLINE_S = 0.5
 QUEUE = 4
+MODEL_CALL_S = 0.1  # the throttled model: one call of at most THROTTLED_BATCH dies
+THROTTLED_BATCH = 2
+SUSTAINED = THROTTLED_BATCH / MODEL_CALL_S  # dies a second, at most (attribution takes more)
+HANG_S = 10.0  # an answer later than this after its deadline is a hang
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +45,48 @@ def strained(registry_uri, tmp_path_factory):
     service, stop = start_service(config, registry_uri)
     yield service
     stop()
+
+
+@pytest.fixture(scope="module")
+def throttled(registry_uri, tmp_path_factory):
+    """A service whose model answers at most SUSTAINED dies a second."""
+    config = live_config(
+        registry_uri, tmp_path_factory.mktemp("throttled"), max_batch=THROTTLED_BATCH,
+        max_queue=8, request_timeout_s=1.0,
+    )  # fmt: skip
+    service, stop = start_service(config, registry_uri)
+    engine = service.app.state.service.pool.get(CHAMPION).engine
+    answers = engine.predict
+
+    def slowly(batch, role):
+        time.sleep(MODEL_CALL_S)
+        return answers(batch, role)
+
+    engine.predict = slowly
+    yield service
+    stop()
+
+
+def test_twice_the_sustainable_rate_is_answered_in_time_and_the_service_recovers(throttled):
+    key, dies = KEYS["station"], make_dies(32, seed=7)
+    burst = asyncio.run(
+        run_load(throttled.url, key, 2 * SUSTAINED, 5.0, stations=4, dies=dies, timeout_s=60)
+    )
+    print(f"\n{burst.format()}")
+    kinds = {o.kind for o in burst.outcomes}
+    assert kinds <= {"ok", "503", "504"}, burst.errors  # none hung, none failed otherwise
+    assert burst.ok > 0 and burst.errors  # the model was overloaded, and still served
+    deadline_s = throttled.config.request_timeout_s
+    assert max(o.latency_ms for o in burst.outcomes) < 1000 * (deadline_s + HANG_S)
+    assert all(o.retry_after for o in burst.outcomes if o.kind == "503")
+    assert throttled.app.state.service.log.flush(30)
+    assert missing_from_log(throttled.config.log_url, burst.acknowledged) == []
+    after = asyncio.run(
+        run_load(throttled.url, key, SUSTAINED / 4, 2.0, stations=2, dies=dies,
+                 first_request=burst.sent)
+    )  # fmt: skip
+    assert after.ok == after.sent > 0  # by itself: no restart, no reset
+    assert throttled.client(None).get("/readyz").status_code == 200
 
 
 def post(service, die) -> tuple[int, float, dict]:

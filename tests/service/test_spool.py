@@ -3,7 +3,16 @@ crash, written to the log once, and gone from disk once they are in the database
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from service.inspection_log import InspectionLog
 from service.spool import Spool
@@ -21,6 +30,59 @@ def test_records_survive_a_crash_and_a_torn_line_is_skipped(tmp_path):
     recovered = Spool(tmp_path).recover()  # a new process over the same folder
     assert [(s, r["n"]) for s, r in recovered] == [(1, 0), (1, 1), (2, 2)]
     assert recovered[0][1]["v"] == 0.5
+
+
+def test_a_write_cut_short_by_a_full_disk_does_not_tear_the_next_record(tmp_path):
+    spool = Spool(tmp_path)
+    spool.append({"n": 0})
+    segment = spool._file
+
+    class DiskFull:
+        def write(self, data):
+            segment.write(bytes(data[:5]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(segment, name)
+
+    spool._file = DiskFull()
+    with pytest.raises(OSError, match="No space"):
+        spool.append({"n": 1})
+    spool._file = segment  # space again
+    spool.append({"n": 2})
+    assert [r["n"] for _, r in Spool(tmp_path).recover()] == [0, 2]
+
+
+def test_concurrent_appends_share_fsyncs_and_return_only_once_theirs_is_done(tmp_path, monkeypatch):
+    """Group commit: one fsync covers what was written while the previous one ran, and no
+    append returns before an fsync that began after its record was written has ended."""
+    real_fsync, synced, fsyncs, lock = os.fsync, set(), [], threading.Lock()
+
+    def slow_fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.is_dir():
+            return real_fsync(fd)
+        on_disk = {json.loads(line)["n"] for line in path.read_bytes().splitlines()}
+        time.sleep(0.02)  # a disk flush
+        real_fsync(fd)
+        with lock:
+            synced.update(on_disk)
+            fsyncs.append(len(on_disk))
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    spool = Spool(tmp_path, segment_records=7)
+
+    def append(n: int) -> bool:
+        spool.append({"n": n})
+        with lock:
+            return n in synced
+
+    with ThreadPoolExecutor(8) as pool:
+        durable = list(pool.map(append, range(80)))
+    assert all(durable)
+    assert len(fsyncs) < 40  # 80 records, far fewer flushes
+    recovered = Spool(tmp_path).recover()
+    assert sorted(r["n"] for _, r in recovered) == list(range(80))
 
 
 def test_a_segment_is_deleted_once_its_records_are_settled(tmp_path):
