@@ -82,11 +82,12 @@ class TrainConfig:
     temperature: float = 0.1
     note_dropout: float = 0.2
     # stage2_epochs and baseline_epochs are maxima: training stops `patience` epochs after the
-    # best validation FPR at the escape target, and after every `lr_patience` of them without a
-    # better one it restarts from the best weights at `lr_decay` times the learning rate.
+    # validation FPR at the escape target last fell by at least `min_delta`, and after every
+    # `lr_patience` of them it restarts from the best weights at `lr_decay` times the rate.
     patience: int = 6
     lr_patience: int = 2
     lr_decay: float = 0.3
+    min_delta: float = 0.01
     # Stage 2 validates and keeps an exponential moving average of the weights over about this
     # many epochs (0: the raw weights): the calibrated FPR then moves less from epoch to epoch.
     average_epochs: float = 1.0

@@ -5,8 +5,9 @@ trains everything with focal + contrastive + attention-entropy loss. Each epoch 
 the defect threshold on validation so the escape rate stays under target; the best epoch is
 the one whose threshold costs the fewest false positives. The validation figures set the
 number of epochs: `stage2_epochs` is only a maximum, training stops `patience` epochs after
-the best one, and every `lr_patience` epochs without a better one it goes back to the best
-weights and cuts the learning rate, so a later epoch can refine the best but not undo it.
+the validation FPR last fell by `min_delta`, and every `lr_patience` epochs without such
+progress it goes back to the best weights and cuts the learning rate, so a later epoch can
+refine the best but not undo it.
 Stage 2 validates, and keeps, an exponential moving average of the weights
 (`train.average_epochs`).
 Under torchrun the ranks train on disjoint shards with DDP; rank 0 validates and writes.
@@ -125,6 +126,7 @@ def train_model(
         "best": None,
         "best_epoch": -1,
         "stale": 0,
+        "mark": None,  # the validation FPR that last counted as progress
         "fingerprint": _fingerprint(kind, cfg, data),
     }
     last = folder / "checkpoints" / "last.pt"
@@ -136,7 +138,7 @@ def train_model(
     while state["epoch"] < stop and state["stale"] < t.patience:
         epoch, stage = state["epoch"], stages[state["epoch"]]
         row = runner.run(epoch, stage)
-        _track_best(state, row, runner.evaluated(stage), folder)
+        _track_best(state, row, runner.evaluated(stage), folder, t.min_delta)
         row["lr_cut"] = _plateaued(state, t)
         if row["lr_cut"]:
             _back_to_best(folder, model, average, scheduler, t.lr_decay)
@@ -270,8 +272,9 @@ def _weight_average(model: nn.Module, epochs: float, steps: int) -> AveragedMode
     return AveragedModel(model, multi_avg_fn=update, use_buffers=False)
 
 
-def _track_best(state: dict, row: dict, model: nn.Module, folder: Path) -> None:
-    """Keep the stage-2 epoch with the lowest validation FPR at the escape target."""
+def _track_best(state: dict, row: dict, model: nn.Module, folder: Path, min_delta: float) -> None:
+    """Keep the stage-2 epoch with the lowest validation FPR at the escape target; count the
+    epochs since the FPR last fell by at least `min_delta` (a die or two is noise)."""
     if row["stage"] != 2:
         return
     score = (row["val_fpr"], row["val_escape"])
@@ -282,10 +285,13 @@ def _track_best(state: dict, row: dict, model: nn.Module, folder: Path) -> None:
             "val_defective": row["val_defective"],
             "val_good": row["val_good"],
         }
-        state["best_epoch"], state["stale"] = row["epoch"], 0
+        state["best_epoch"] = row["epoch"]
         if ddp.is_main():
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(unwrap(model).state_dict(), folder / "best.pt")
+    mark = state.get("mark")
+    if mark is None or row["val_fpr"] <= mark - min_delta:
+        state["mark"], state["stale"] = row["val_fpr"], 0
     else:
         state["stale"] += 1
 

@@ -132,6 +132,20 @@ def test_training_stops_patience_epochs_after_the_best_and_cuts_the_rate_on_plat
         assert torch.equal(v, best[k]), k
 
 
+def test_gains_below_min_delta_keep_the_best_but_do_not_count_as_progress(
+    smoke_cfg, tmp_path, monkeypatch
+):
+    cfg, data = smoke_cfg
+    t = cfg.train
+    t.stage2_epochs, t.patience, t.lr_patience, t.min_delta = 20, 3, 2, 0.01
+    _validation_fprs(monkeypatch, [1.0, 0.5, 0.495, 0.492, 0.3, 0.3, 0.3, 0.3] + [0.3] * 20)
+    result = train_model("multimodal", data, cfg, tmp_path, progress=False)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == 8  # progress at epoch 4, then `patience` epochs without
+    assert result.best_epoch == 4
+    assert history.loc[history["lr_cut"], "epoch"].tolist() == [3, 6]
+
+
 def test_a_plateau_sends_training_back_to_the_best_weights(smoke_cfg, tmp_path, monkeypatch):
     cfg, data = smoke_cfg
     t = cfg.train
