@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -97,24 +98,29 @@ def test_no_route_leads_to_a_version_that_may_not_serve(rollout_service, service
 
 @pytest.mark.slow  # the rollout's own Prefect server starts in the killed process
 def test_a_lapsed_lease_sends_every_die_back_to_the_champion(rollout_service, tmp_path, dies):
-    """The rollout process is killed mid-stage: within its lease the champion decides again."""
-    lease_s = 6.0
+    """The worker running the rollout's steps is killed mid-stage: once the lease the last
+    step renewed lapses, the champion decides again."""
+    lease_s = 20.0  # longer than a step takes on a busy machine
     settings = ["shadow_window_s=0", "stages=[1.0]", "check_interval_s=0.5", f"lease_s={lease_s}"]
-    command = [sys.executable, "-m", "dieguard.cli", "rollout", "start", "--version", "2"]
-    where = ["--tracking-uri", rollout_service.tracking_uri]
-    where += ["--log-url", rollout_service.config.log_url, "--model-name", MODEL_NAME]
-    out = (tmp_path / "rollout.log").open("w")
-    env = os.environ | {"PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect")}
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "240"  # a busy machine
-    process = subprocess.Popen(
-        [*command, *where, *settings], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-        start_new_session=True,  # its own group: the flow's Prefect server dies with it
+    cli = [sys.executable, "-m", "dieguard.cli", "rollout"]
+    where = ["--tracking-uri", rollout_service.tracking_uri, "--model-name", MODEL_NAME]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    start = subprocess.run(
+        [*cli, "start", "--version", "2", *where, *settings], cwd=ROOT, env=env,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert start.returncode == 0, start.stdout + start.stderr
+    step = shlex.join([*cli, "step", *where, "--log-url", rollout_service.config.log_url])
+    out = (tmp_path / "steps.log").open("w")
+    worker = subprocess.Popen(
+        ["bash", "-c", f"while true; do {step}; sleep 0.5; done"], stdout=out,
+        stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
     try:
         wait_for(lambda: decided_by(rollout_service, dies[0], "candidate"), timeout_s=300)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
     killed = time.monotonic()
     wait_for(lambda: decided_by(rollout_service, dies[1], "champion"), timeout_s=lease_s + 10)
     assert time.monotonic() - killed < lease_s + 2  # the lease and a few watcher syncs
