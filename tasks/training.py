@@ -45,13 +45,13 @@ def evaluate(model_path: str, out_dir: Path, baseline_path: str | None = None) -
 def _epoch_progress(kind: str):
     """A callback that logs each epoch and moves the run's progress artifact for `kind`."""
     log = get_run_logger()
-    artifact = create_progress_artifact(
-        0.0, key=f"training-{kind}", description=f"Training the {kind} model: epochs done (%)"
-    )
+    what = f"Training the {kind} model: epochs done, in % of the maximum (early stopping ends it)"
+    artifact = create_progress_artifact(0.0, key=f"training-{kind}", description=what)
 
     def moved(done: int, planned: int, row: dict) -> None:
         update_progress_artifact(artifact, 100.0 * done / planned)
-        log.info("%s: epoch %d of %d, train loss %.4f, %.0f s", kind, done, planned,
-                 row["train_loss"], row["seconds"])  # fmt: skip
+        figures = (row["train_loss"], 100 * row["val_fpr"], row["seconds"])
+        log.info("%s: epoch %d (at most %d), train loss %.4f, validation FPR %.1f%%, %.0f s",
+                 kind, done, planned, *figures)  # fmt: skip
 
     return moved
