@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from prefect.testing.utilities import prefect_test_harness
 
 from dieguard.cli import main
-from registry import CHAMPION, install_first, open_store
-from tests.registry.approvals import make_servable
+from registry import CHAMPION, open_store
+from tests.registry.approvals import champion_and_challenger
 
 MODEL = "dieguard-cli"
 
@@ -19,12 +19,7 @@ def registry_with_challenger(tmp_path) -> str:
     """A SQLite registry: version 1 champion, version 2 an approved challenger."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = open_store(uri).client
-    client.create_registered_model(MODEL)
-    for _ in range(2):
-        client.create_model_version(MODEL, source=str(tmp_path / "bundle"))
-    install_first(client, MODEL, "1", "the CNN in production")
-    make_servable(client, MODEL, "2")
-    client.set_registered_model_alias(MODEL, "challenger", "2")
+    champion_and_challenger(client, MODEL, str(tmp_path / "bundle"))
     return uri
 
 

@@ -28,14 +28,13 @@ from registry import (
     NotServable,
     audit,
     format_audit,
-    install_first,
     open_store,
     reject,
 )
 from registry.rollout_state import clear_rollout, rollout_state, set_rollout
 from service.inspection_log import InspectionLog
 from service.models import canary_bucket
-from tests.registry.approvals import make_servable
+from tests.registry.approvals import champion_and_challenger
 
 MODEL = "dieguard-rollout-tests"
 T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
@@ -64,12 +63,7 @@ def registry(tmp_path) -> str:
     """A SQLite MLflow registry: version 1 champion, version 2 challenger."""
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     client = open_store(uri).client
-    client.create_registered_model(MODEL)
-    for _ in range(2):
-        client.create_model_version(MODEL, source=str(tmp_path / "bundle"))
-    install_first(client, MODEL, "1", "the first champion")
-    make_servable(client, MODEL, "2")
-    client.set_registered_model_alias(MODEL, CHALLENGER, "2")
+    champion_and_challenger(client, MODEL, str(tmp_path / "bundle"))
     return uri
 
 

@@ -14,11 +14,11 @@ import pytest
 from model.schema import GOOD
 from monitoring.rollout import Outcome, load_rollout_config
 from monitoring.rollout_step import start_rollout, take_step
-from registry import CHALLENGER, CHAMPION, PREVIOUS, install_first, open_store
+from registry import CHAMPION, PREVIOUS, open_store
 from registry.events import events
 from registry.rollout_decisions import DECISION
 from registry.rollout_state import CONTEXT, rollout_state, set_rollout
-from tests.registry.approvals import make_servable
+from tests.registry.approvals import champion_and_challenger
 from tests.registry.crash import die_after_writes
 
 MODEL = "dieguard-step-crash"
@@ -59,12 +59,7 @@ def registries(tmp_path_factory) -> dict:
     for stage, share in (("shadow", 0.0), ("50%", 0.5), ("100%", 1.0)):
         db = root / f"{stage.rstrip('%')}.db"
         client = open_store(f"sqlite:///{db}").client
-        client.create_registered_model(MODEL)
-        for _ in range(2):
-            client.create_model_version(MODEL, source=str(root / "bundle"))
-        install_first(client, MODEL, "1", "the CNN in production")
-        make_servable(client, MODEL, "2")
-        client.set_registered_model_alias(MODEL, CHALLENGER, "2")
+        champion_and_challenger(client, MODEL, str(root / "bundle"))
         state = start_rollout(client, MODEL, "2", CONFIG, T0)
         if stage != "shadow":
             context = {name: state[name] for name in CONTEXT}
