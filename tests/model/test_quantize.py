@@ -11,6 +11,7 @@ from model.deploy import GATE_FILE, SHIPPABLE, optimize_for_deployment
 from model.onnx_runtime import load_session, operating_point_path, predict_session
 from model.predict import predict
 from model.quantize import (
+    FLOAT_SCOPES,
     WEIGHT_OPS,
     DieCalibrationReader,
     parity_gate,
@@ -92,15 +93,18 @@ def test_static_int8_keeps_norms_softmax_and_residual_adds_in_float(deployed):
 
 
 @pytest.mark.parametrize("name", ["static_qdq", "dynamic"])
-def test_the_golden_die_match_and_the_small_encoders_stay_float(deployed, name):
+def test_the_float_scopes_stay_float(deployed, name):
+    """The golden-die match, the patch embedding, the small encoders and the head: no INT8."""
     fp32 = deployed[3] / "model.onnx"
-    scoped = scope_nodes(onnx.load(str(fp32)), ["image_encoder.reference", "process_encoder"])
-    products = {n.name: n.op_type for n in _nodes(fp32, scoped) if n.op_type in WEIGHT_OPS}
-    assert "Conv" in products.values() and "MatMul" in products.values()
+    products = {n.name: n.op_type for n in _nodes(fp32, scope_nodes(onnx.load(str(fp32))))}
+    products = {k: op for k, op in products.items() if op in WEIGHT_OPS}
+    assert set(FLOAT_SCOPES) >= {"image_encoder.reference", "head"}
+    assert {"Conv", "MatMul", "Gemm"} <= set(products.values())
     quantized = deployed[3] / f"model.{name}.onnx"
     dequantized = {n.output[0] for n in _nodes(quantized) if n.op_type == "DequantizeLinear"}
-    if name == "dynamic":  # it rewrites every Gemm, quantized or not, under new names
-        products = {k: op for k, op in products.items() if op != "Gemm"}
+    if name == "dynamic":  # it rewrites every Gemm as MatMul + Add under new names
+        products = {(f"{k}_MatMul" if op == "Gemm" else k): op for k, op in products.items()}
+        products = {k: "MatMul" if op == "Gemm" else op for k, op in products.items()}
     kept = _nodes(quantized, products)
     assert {n.name: n.op_type for n in kept} == products  # the same float ops, by name
     assert not any(dequantized & set(n.input) for n in kept)
