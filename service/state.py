@@ -10,6 +10,7 @@ from service.image_store import ImageStore
 from service.inspection_log import InspectionLog
 from service.metrics import ServiceMetrics
 from service.models import ModelPool, RegistryWatcher
+from service.shadow import ShadowScoring
 from service.similar import SimilarDefects
 from service.spool import Spool
 
@@ -23,6 +24,7 @@ class ServiceState:
     images: ImageStore
     similar: SimilarDefects
     attempts: FailedAttempts
+    shadows: ShadowScoring
     watcher: RegistryWatcher | None = None
     pending_embeddings: list = field(default_factory=list)
 
@@ -31,13 +33,15 @@ class ServiceState:
         metrics = ServiceMetrics()
         pool = ModelPool(config, metrics)
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        inspection_log = InspectionLog(config.log_url, spool=Spool(config.state_dir / "spool"))
         return cls(
             config=config,
             metrics=metrics,
             pool=pool,
-            log=InspectionLog(config.log_url, spool=Spool(config.state_dir / "spool")),
+            log=inspection_log,
             images=ImageStore(config.state_dir / "images"),
             similar=SimilarDefects(config.similar_location),
             attempts=FailedAttempts(config.auth_failures_per_minute),
+            shadows=ShadowScoring(inspection_log, metrics),
             watcher=None if config.bundle else RegistryWatcher(pool, config),
         )
