@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from service.auth import FailedAttempts
 from service.config import ServiceConfig
-from service.image_store import ImageStore
+from service.image_store import Images, open_image_store
 from service.inspection_log import InspectionLog
 from service.metrics import ServiceMetrics
 from service.models import ModelPool, RegistryWatcher
@@ -21,7 +21,7 @@ class ServiceState:
     metrics: ServiceMetrics
     pool: ModelPool
     log: InspectionLog
-    images: ImageStore
+    images: Images
     similar: SimilarDefects
     attempts: FailedAttempts
     shadows: ShadowScoring
@@ -39,7 +39,7 @@ class ServiceState:
             metrics=metrics,
             pool=pool,
             log=inspection_log,
-            images=ImageStore(config.state_dir / "images"),
+            images=open_image_store(config.image_location),
             similar=SimilarDefects(config.similar_location),
             attempts=FailedAttempts(config.auth_failures_per_minute),
             shadows=ShadowScoring(inspection_log, metrics),
