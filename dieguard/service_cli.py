@@ -187,14 +187,14 @@ def export_feedback(out_dir, since, state_dir, database_url) -> None:
 
     from service.config import from_env
     from service.feedback_export import export_feedback as export
-    from service.image_store import ImageStore
+    from service.image_store import open_image_store
     from service.inspection_log import InspectionLog
 
     settings = {"state_dir": state_dir} | ({"database_url": database_url} if database_url else {})
-    config = from_env(**settings)
+    config = from_env(**settings)  # the images: DIEGUARD_IMAGE_STORE, else in the state folder
     log = InspectionLog(config.log_url)
     when = datetime.fromisoformat(since) if since else None
-    summary = export(log, ImageStore(state_dir / "images"), out_dir, since=when)
+    summary = export(log, open_image_store(config.image_location), out_dir, since=when)
     click.echo(json.dumps(summary if isinstance(summary, dict) else vars(summary), default=str))
 
 

@@ -51,7 +51,8 @@ def monitor(
 
     Args:
         log_url: the inspection log's database.
-        image_store: the service's image store folder (None: no image drift).
+        image_store: the service's image store, a folder or s3://bucket/prefix (None: no
+            image drift).
         reference_dir: a split folder to judge drift against (dataset contract); None:
             the champion's training split, from its lineage in the registry, so the
             reference follows every promotion.

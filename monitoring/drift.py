@@ -19,6 +19,7 @@ A family without enough data, or without its source, is skipped with the reason.
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from collections import Counter
@@ -39,7 +40,7 @@ from model.contract import read_split
 from model.schema import parameter_names
 from monitoring.config import MonitorConfig
 from monitoring.history import Check
-from service.image_store import ImageStore
+from service.image_store import open_image_store
 from service.similar import table_name
 
 FAMILIES = ("process", "images", "embeddings", "notes")
@@ -128,7 +129,8 @@ def measure_drift(
         records: inspection records (process_log, operator_notes, image_ref, die_id,
             model_version, received_at); those outside the window are ignored.
         reference_dir: a split folder of the dataset contract (the champion's training data).
-        image_root: the service's image store folder (None: images are skipped).
+        image_root: the service's image store, a folder or s3://bucket/prefix (None: images
+            are skipped).
         report_dir: where the Evidently HTML reports are written (`<family>.html`).
         now: the window's end (tz-aware).
         config: window, sample sizes and thresholds.
@@ -179,11 +181,12 @@ def image_drift(
     """The images family: intensity statistics of the window's stored images."""
     if image_root is None:
         return _skip("images", cfg.image_drift_share, "no image store given")
-    store = ImageStore(image_root)
+    store = open_image_store(image_root)
     current, unreadable = [], 0
     for r in rows:
         try:
-            current.append(intensity_statistics(_pixels(store.path(r.get("image_ref") or ""))))
+            image = io.BytesIO(store.get(r.get("image_ref") or ""))
+            current.append(intensity_statistics(_pixels(image)))
         except (OSError, ValueError):
             unreadable += 1
     if len(current) < cfg.min_drift_dies:
@@ -387,8 +390,8 @@ def reference_image_statistics(paths: tuple[Path, ...]) -> pd.DataFrame:
     return pd.DataFrame([intensity_statistics(_pixels(p)) for p in paths])
 
 
-def _pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
+def _pixels(source) -> np.ndarray:
+    with Image.open(source) as image:
         return np.asarray(image.convert("RGB"))
 
 

@@ -55,6 +55,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             flusher.cancel()
             if state.watcher is not None:
                 await state.watcher.stop()
+            await state.shadows.drain()
             await state.pool.close()
             await asyncio.to_thread(_write_embeddings, state)
             await asyncio.to_thread(state.log.close)

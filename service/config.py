@@ -31,6 +31,7 @@ class ServiceConfig:
     state_dir: Path = Path("runs/service")  # bundles, images, the SQLite log, the index
     database_url: str | None = None  # None: SQLite file in state_dir
     similar_uri: str | None = None  # None: LanceDB folder in state_dir
+    image_store: str | None = None  # s3://bucket/prefix or a folder; None: images in state_dir
     keys: KeyRing = field(default_factory=KeyRing)
     max_batch: int = 8
     max_wait_ms: float = 4.0
@@ -65,6 +66,10 @@ class ServiceConfig:
         return self.database_url or f"sqlite:///{(self.state_dir / 'inspections.db').resolve()}"
 
     @property
+    def image_location(self) -> str:
+        return self.image_store or str(self.state_dir / "images")
+
+    @property
     def similar_location(self) -> str:
         return self.similar_uri or str(self.state_dir / "similar")
 
@@ -77,8 +82,9 @@ def from_env(environ: dict[str, str] | None = None, **overrides) -> ServiceConfi
 
     Variables: DIEGUARD_API_KEYS (role:name:key,...; or DIEGUARD_API_KEYS_FILE),
     DIEGUARD_MODEL_NAME, MLFLOW_TRACKING_URI, DIEGUARD_BUNDLE, DIEGUARD_STATE_DIR,
-    DIEGUARD_DATABASE_URL, DIEGUARD_SIMILAR_URI, DIEGUARD_MAX_BATCH, DIEGUARD_MAX_WAIT_MS,
-    DIEGUARD_RELOAD_S, DIEGUARD_THREADS, DIEGUARD_ROUTE_MODE, DIEGUARD_CANARY_SHARE,
+    DIEGUARD_DATABASE_URL, DIEGUARD_SIMILAR_URI, DIEGUARD_IMAGE_STORE (a folder or
+    s3://bucket/prefix), DIEGUARD_MAX_BATCH, DIEGUARD_MAX_WAIT_MS, DIEGUARD_RELOAD_S,
+    DIEGUARD_THREADS, DIEGUARD_ROUTE_MODE, DIEGUARD_CANARY_SHARE,
     DIEGUARD_MAX_QUEUE, DIEGUARD_REQUEST_TIMEOUT_S, DIEGUARD_MAX_CONNECTIONS,
     DIEGUARD_MAX_MISSING_SHARE, DIEGUARD_KEY_SECRET (or DIEGUARD_KEY_SECRET_FILE: the secret
     the keys are hashed under; without it, a random one per process).
@@ -94,6 +100,7 @@ def from_env(environ: dict[str, str] | None = None, **overrides) -> ServiceConfi
         "state_dir": _path(env.get("DIEGUARD_STATE_DIR")),
         "database_url": env.get("DIEGUARD_DATABASE_URL"),
         "similar_uri": env.get("DIEGUARD_SIMILAR_URI"),
+        "image_store": env.get("DIEGUARD_IMAGE_STORE"),
         "max_batch": _number(env, "DIEGUARD_MAX_BATCH", int),
         "max_wait_ms": _number(env, "DIEGUARD_MAX_WAIT_MS", float),
         "reload_interval_s": _number(env, "DIEGUARD_RELOAD_S", float),

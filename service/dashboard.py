@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote, urlsplit
 
@@ -102,9 +101,8 @@ async def die_image(request: Request, die_id: str, holder: Operator) -> Response
     found = await _stored_image(request, holder, die_id)
     if isinstance(found, Response):
         return found
-    record, path = found
+    record, content = found
     media_type = "image/jpeg" if image_format(record["image_ref"]) == "jpeg" else "image/png"
-    content = await asyncio.to_thread(path.read_bytes)
     return Response(content, media_type=media_type, headers={"Cache-Control": "no-store"})
 
 
@@ -114,22 +112,22 @@ async def die_heatmap(request: Request, die_id: str, holder: Operator) -> Respon
     found = await _stored_image(request, holder, die_id)
     if isinstance(found, Response):
         return found
-    record, path = found
+    record, content = found
     try:
-        png = await asyncio.to_thread(_render_heatmap, path, record["region_map"])
+        png = await asyncio.to_thread(_render_heatmap, content, record["region_map"])
     except (ImageFormatError, ValueError) as err:
         return error_page(request, holder, 404, "No heatmap", f"Cannot draw the heatmap: {err}")
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-def _render_heatmap(path: Path, region_map: list) -> bytes:
-    image = read_image(io.BytesIO(path.read_bytes()))  # 256, 256, 3 uint8
+def _render_heatmap(content: bytes, region_map: list) -> bytes:
+    image = read_image(io.BytesIO(content))  # 256, 256, 3 uint8
     weights = np.asarray(region_map or [1.0], np.float64)  # K
     return heatmap_png(image, weights)
 
 
 async def _stored_image(request: Request, holder: ApiKey, die_id: str):
-    """(record, image file) of a die's latest inspection, or the error page to answer."""
+    """(record, image bytes) of a die's latest inspection, or the error page to answer."""
     state = request.app.state.service
     try:
         record = await asyncio.to_thread(state.log.get, die_id)
@@ -138,12 +136,13 @@ async def _stored_image(request: Request, holder: ApiKey, die_id: str):
     if record is None:
         return _unknown_die(request, holder, die_id)
     try:
-        path = state.images.path(record["image_ref"])
-    except ValueError:
-        path = None
-    if path is None or not path.is_file():
+        content = await asyncio.to_thread(state.images.get, record["image_ref"])
+    except (ValueError, FileNotFoundError):
         return error_page(request, holder, 404, "No image", f"No image is stored for {die_id}.")
-    return record, path
+    except OSError as err:
+        log.error("the image of %s cannot be read: %s", die_id, err)
+        return error_page(request, holder, 503, "Image store unavailable", "Try again shortly.")
+    return record, content
 
 
 async def _die_response(

@@ -31,7 +31,7 @@ from model.schema import (
     PROCESS_LOGS_FILE,
     parameter_names,
 )
-from service.image_store import ImageStore
+from service.image_store import Images
 from service.inspection_log import InspectionLog
 from service.log_tables import as_utc
 
@@ -63,7 +63,7 @@ class ExportSummary:
 
 def export_feedback(
     log: InspectionLog,
-    image_store: ImageStore,
+    image_store: Images,
     out_dir: str | Path,
     since: datetime | None = None,
 ) -> ExportSummary:
@@ -130,7 +130,7 @@ def _is_export(folder: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("kind") == MANIFEST_KIND
 
 
-def _collect(log: InspectionLog, store: ImageStore, since) -> tuple[list[dict], dict[str, str]]:
+def _collect(log: InspectionLog, store: Images, since) -> tuple[list[dict], dict[str, str]]:
     """The exportable dies (feedback joined with its inspection) and the ones left out."""
     dies, skipped = [], {}
     for fb in log.feedback(latest_only=True, since=since):
@@ -147,11 +147,11 @@ def _collect(log: InspectionLog, store: ImageStore, since) -> tuple[list[dict], 
     return dies, skipped
 
 
-def _write_split(folder: Path, dies: list[dict], store: ImageStore) -> None:
+def _write_split(folder: Path, dies: list[dict], store: Images) -> None:
     (folder / IMAGES_DIR).mkdir()
     for die in dies:
-        source = store.path(die["image_ref"])
-        shutil.copyfile(source, folder / IMAGES_DIR / f"{die['die_id']}{source.suffix}")
+        suffix = Path(die["image_ref"]).suffix
+        (folder / IMAGES_DIR / f"{die['die_id']}{suffix}").write_bytes(store.get(die["image_ref"]))
     names = parameter_names()
     process = pd.DataFrame(
         [[die["die_id"], *(die["process_log"].get(n) for n in names)] for die in dies],

@@ -4,7 +4,8 @@ A stored image is named by the SHA-256 of its bytes, under a two-character fan-o
 ``ab/abcdef...png``. That relative name (the *ref*) is what inspection records keep. Writes
 are atomic (a temporary file renamed into place) and durable (fsynced before `put` returns),
 so a reader never sees half an image, a crash loses none that was stored, and the same bytes
-uploaded twice are stored once.
+uploaded twice are stored once. `open_image_store` opens a folder, or an S3 prefix
+(``s3://bucket/prefix``, service.s3_images) with the same refs and the same guarantees.
 """
 
 from __future__ import annotations
@@ -14,11 +15,56 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 from service.spool import sync_folder
 
 SUFFIXES = {"png": ".png", "jpeg": ".jpg"}
 REF_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.(?:png|jpg)$")
+
+
+class Images(Protocol):
+    """What every image store does (ImageStore, service.s3_images.S3ImageStore)."""
+
+    def put(self, data: bytes, fmt: str) -> str: ...
+
+    def get(self, ref: str) -> bytes: ...
+
+    def exists(self, ref: str) -> bool: ...
+
+
+def open_image_store(location: str | Path) -> Images:
+    """The image store at a folder, or at an S3 prefix (``s3://bucket/prefix``)."""
+    if str(location).startswith("s3://"):
+        from service.s3_images import S3ImageStore  # boto3 only where S3 is used
+
+        return S3ImageStore(str(location))
+    return ImageStore(location)
+
+
+def content_ref(data: bytes, fmt: str) -> str:
+    """The ref of an upload: ``"ab/ab12...ef.png"``.
+
+    Raises:
+        ValueError: unknown format or no bytes.
+    """
+    if fmt not in SUFFIXES:
+        raise ValueError(f"unknown image format {fmt!r}; expected one of {sorted(SUFFIXES)}")
+    if not data:
+        raise ValueError("an image upload has no bytes")
+    digest = hashlib.sha256(data).hexdigest()
+    return f"{digest[:2]}/{digest}{SUFFIXES[fmt]}"
+
+
+def check_ref(ref: str) -> str:
+    """The ref, when it is one that `put` returns.
+
+    Raises:
+        ValueError: it is not (e.g. it would escape the store).
+    """
+    if not isinstance(ref, str) or not REF_PATTERN.match(ref):
+        raise ValueError(f"not an image ref of this store: {ref!r}")
+    return ref
 
 
 class ImageStore:
@@ -37,14 +83,9 @@ class ImageStore:
         Returns:
             The ref, e.g. ``"ab/ab12...ef.png"``, relative to the root.
         Raises:
-            ValueError: unknown format or no bytes.
+            ValueError: unknown format or no bytes. OSError: not stored.
         """
-        if fmt not in SUFFIXES:
-            raise ValueError(f"unknown image format {fmt!r}; expected one of {sorted(SUFFIXES)}")
-        if not data:
-            raise ValueError("an image upload has no bytes")
-        digest = hashlib.sha256(data).hexdigest()
-        ref = f"{digest[:2]}/{digest}{SUFFIXES[fmt]}"
+        ref = content_ref(data, fmt)
         target = self.root / ref
         if target.exists():
             return ref
@@ -68,9 +109,7 @@ class ImageStore:
         Raises:
             ValueError: the ref is not one that `put` returns (e.g. it escapes the root).
         """
-        if not isinstance(ref, str) or not REF_PATTERN.match(ref):
-            raise ValueError(f"not an image ref of this store: {ref!r}")
-        path = (self.root / ref).resolve()
+        path = (self.root / check_ref(ref)).resolve()
         if not path.is_relative_to(self.root):
             raise ValueError(f"image ref escapes the store root: {ref!r}")
         return path

@@ -1,12 +1,12 @@
 """One inspection: route the die, run the models, explain the decision, log everything.
 
-The image goes to disk (fsynced) while the models run. The response waits for every model
-the die was routed to (they run side by side on their own threads; a challenger in shadow
-must be in the die's record, which the rollout judges), then for the occlusion attribution
-(the deciding model's batcher, under the same deadline), then for the log record to be on
-disk (fsynced, committed with the records of concurrent requests): a 200 means the
-inspection is stored and will be in the inspection log, even if the process dies the next
-moment. The die's embedding is indexed afterwards, off the response path.
+The image goes to the image store (durably) while the deciding model runs. The response
+waits for that model only, then for the occlusion attribution (its batcher, under the same
+deadline), then for the log record to be on disk (fsynced, committed with the records of
+concurrent requests): a 200 means the inspection is stored and will be in the inspection
+log, even if the process dies the next moment. A model routed the die that does not decide
+it (a challenger in shadow) scores it afterwards, and its decision is added to the logged
+inspection (service.shadow). The die's embedding is indexed afterwards too.
 """
 
 from __future__ import annotations
@@ -53,19 +53,16 @@ async def inspect(state: ServiceState, die: DieInput, timeout_s: float) -> dict:
     models = {CHAMPION: champion, **({CANDIDATE: candidate} if candidate else {})}
     image = asyncio.ensure_future(asyncio.to_thread(_store_image, state, die))
     image.add_done_callback(_consume)  # a refused die leaves at most an unreferenced image
-    runs = {
-        role: asyncio.ensure_future(m.batcher.submit(die, timeout_s)) for role, m in models.items()
-    }
     try:
-        output = await runs[deciding]
+        output = await models[deciding].batcher.submit(die, timeout_s)
     except Exception as err:
         if deciding == CHAMPION or isinstance(err, OverloadedError | DeadlineError):
-            for run in runs.values():
-                run.cancel()
             raise
         log.exception("the candidate failed on %s; the champion decides", die.die_id)
-        deciding, output = CHAMPION, await runs[CHAMPION]
-    decisions = await _decisions(die, runs)
+        del models[deciding]  # nothing of it to log
+        deciding = CHAMPION
+        output = await champion.batcher.submit(die, timeout_s - (time.perf_counter() - start))
+    decisions = [output.decision]
     model = models[deciding]
     anomalies = anomalous_parameters(die.process, model.engine.scaler, state.config.anomaly_sigma)
     remaining = timeout_s - (time.perf_counter() - start)
@@ -78,18 +75,10 @@ async def inspect(state: ServiceState, die: DieInput, timeout_s: float) -> dict:
     await asyncio.to_thread(_finish, state, die, body, decisions, output, image_ref, start)
     _count(state, die, body, decisions)
     state.pending_embeddings.append(embedding_row(die, body, output))
+    others = [m for role, m in models.items() if role != deciding]
+    if others:  # the inspection is stored: their decisions are added to it
+        state.shadows.score(die, body["inspection_id"], others)
     return body
-
-
-async def _decisions(die: DieInput, runs: dict) -> list:
-    """Every model's decision on the die (a model that failed on it is left out)."""
-    decisions = []
-    for role, run in runs.items():
-        try:
-            decisions.append((await run).decision)
-        except Exception as err:  # the deciding model answered; this one is only compared
-            log.warning("%s model failed on %s: %s", role, die.die_id, err)
-    return decisions
 
 
 def _store_image(state: ServiceState, die: DieInput) -> str:

@@ -6,7 +6,9 @@ database is unreachable. When the buffer overflows, the oldest records are dropp
 counted in `status()`. With a write-ahead spool (service.spool), `record` first writes the
 record to local disk and fsyncs it, so a record survives a crash of the process; `replay`
 queues the records a crashed process left, and a spooled record leaves the spool once it is
-in the database (a record already there is not written twice). Queries and feedback are
+in the database (a record already there is not written twice). A decision added to an
+inspection after its answer (service.log_tables.added_decision_record) is a record of its
+own on the same path, so losing it never touches the inspection. Queries and feedback are
 synchronous: feedback is committed before `add_feedback` returns, or refused with
 `LogUnavailableError`. The tables, engines and row conversions are in `service.log_tables`.
 """
@@ -38,9 +40,9 @@ from service.log_tables import (
     describe_error,
     engine_url,
     feedback_dict,
-    inspection_rows,
     is_outage,
     make_engine,
+    record_rows,
     with_decisions,
 )
 from service.spool import Spool
@@ -73,10 +75,18 @@ class FeedbackError(InspectionLogError, ValueError):
 @dataclasses.dataclass
 class _Pending:
     seq: int
-    row: dict
+    row: dict | None  # None: a decision added to an inspection recorded before
     decisions: list[dict]
     segment: int | None = None  # the spool segment holding it
     replayed: bool = False  # read back from the spool: may be in the database already
+
+    @property
+    def key(self) -> str | tuple[str, str]:
+        """What names it in the database: its inspection id, or (inspection id, role) of an
+        added decision."""
+        if self.row is not None:
+            return self.row["inspection_id"]
+        return self.decisions[0]["inspection_id"], self.decisions[0]["role"]
 
 
 class InspectionLog:
@@ -122,14 +132,16 @@ class InspectionLog:
 
     # --- recording ---------------------------------------------------------------------
 
-    def record(self, inspection: dict) -> None:
-        """Queue one inspection record for writing; returns at once, whatever the database.
+    def record(self, record: dict) -> None:
+        """Queue one record (an inspection, or a decision added to one) for writing; returns
+        at once, whatever the database (once it is on disk, with a spool).
 
         Raises:
             ValueError: the record lacks a required field or holds an unreadable value.
+            OSError: the spool could not write it (nothing was queued).
         """
-        row, decisions = inspection_rows(inspection)
-        segment = None if self.spool is None else self.spool.append(inspection)
+        row, decisions = record_rows(record)
+        segment = None if self.spool is None else self.spool.append(record)
         self._queue(_Pending(0, row, decisions, segment))
 
     def replay(self) -> int:
@@ -138,10 +150,10 @@ class InspectionLog:
             return 0
         found = self.spool.recover()
         for segment, record in found:
-            row, decisions = inspection_rows(record)
+            row, decisions = record_rows(record)
             self._queue(_Pending(0, row, decisions, segment, replayed=True))
         if found:
-            log.warning("replaying %d spooled inspections into the log", len(found))
+            log.warning("replaying %d spooled records into the log", len(found))
         return len(found)
 
     def _queue(self, pending: _Pending) -> None:
@@ -258,7 +270,7 @@ class InspectionLog:
         outage), write one at a time and set the refused ones aside."""
         self._ensure_schema()
         stored = self._stored_replays(batch)
-        fresh = [p for p in batch if p.row["inspection_id"] not in stored]
+        fresh = [p for p in batch if p.key not in stored]
         try:
             self._insert(fresh)
         except Exception as err:
@@ -266,37 +278,47 @@ class InspectionLog:
                 raise
             for item in batch:
                 try:
-                    if item.row["inspection_id"] not in stored:
+                    if item.key not in stored:
                         self._insert([item])
                 except Exception as one_err:
                     if is_outage(one_err):
                         raise
-                    log.error("inspection %s refused: %s", item.row["inspection_id"], one_err)
+                    log.error("log record %s refused: %s", item.key, one_err)
                     self._settle([item], refused=one_err)
                 else:
                     self._settle([item])
             return
-        if recovered := sum(p.replayed for p in fresh):
+        if recovered := sum(p.replayed and p.row is not None for p in fresh):
             with self._cond:
                 self._counts["recovered"] += recovered
             log.warning("%d inspections only the spool held are now in the log", recovered)
         self._settle(batch)
 
-    def _stored_replays(self, batch: list[_Pending]) -> set[str]:
-        """The ids of the batch's replayed records that are in the database already."""
-        replayed = [p.row["inspection_id"] for p in batch if p.replayed]
-        if not replayed:
-            return set()
-        column = INSPECTIONS.c.inspection_id
+    def _stored_replays(self, batch: list[_Pending]) -> set:
+        """The keys of the batch's replayed records that are in the database already."""
+        inspections = [p.key for p in batch if p.replayed and p.row is not None]
+        added = {p.key for p in batch if p.replayed and p.row is None}
+        found = set()
+        if not inspections and not added:
+            return found
+        column, decided = INSPECTIONS.c.inspection_id, DECISIONS.c
         with self._engine.connect() as conn:
-            return set(conn.scalars(sa.select(column).where(column.in_(replayed))))
+            if inspections:
+                found |= set(conn.scalars(sa.select(column).where(column.in_(inspections))))
+            if added:
+                of = decided.inspection_id.in_({inspection for inspection, _ in added})
+                pairs = conn.execute(sa.select(decided.inspection_id, decided.role).where(of))
+                found |= {tuple(pair) for pair in pairs} & added
+        return found
 
     def _insert(self, batch: list[_Pending]) -> None:
-        if not batch:
+        rows = [p.row for p in batch if p.row is not None]
+        decisions = [d for p in batch for d in p.decisions]
+        if not rows and not decisions:
             return
-        with self._engine.begin() as conn:
-            conn.execute(INSPECTIONS.insert(), [p.row for p in batch])
-            decisions = [d for p in batch for d in p.decisions]
+        with self._engine.begin() as conn:  # inspections first: their added decisions need them
+            if rows:
+                conn.execute(INSPECTIONS.insert(), rows)
             if decisions:
                 conn.execute(DECISIONS.insert(), decisions)
 
@@ -362,10 +384,23 @@ class InspectionLog:
         return self._query(read)
 
     def _buffered(self, keep) -> list[dict]:
-        """Buffered records that `keep` accepts, newest first."""
+        """Buffered inspections that `keep` accepts, newest first."""
         with self._cond:
-            pending = [p for p in reversed(self._buffer) if keep(p.row)]
+            pending = [p for p in reversed(self._buffer) if p.row is not None and keep(p.row)]
         return [_pending_dict(p) for p in pending]
+
+    def _with_added(self, rows: list[dict]) -> list[dict]:
+        """The inspections with the buffered decisions added to them (not yet written)."""
+        with self._cond:
+            added = [p.decisions[0] for p in self._buffer if p.row is None]
+        by_id: dict[str, list[dict]] = {}
+        for decision in added:
+            by_id.setdefault(decision["inspection_id"], []).append(decision)
+        for row in rows:
+            roles = {d["role"] for d in row["decisions"]}
+            more = by_id.get(row["inspection_id"], [])
+            row["decisions"] += [dict(d) for d in more if d["role"] not in roles]
+        return rows
 
     def recent(
         self, limit: int = 50, flagged_only: bool = True, since: datetime | None = None
@@ -395,7 +430,8 @@ class InspectionLog:
         stored = self._query(lambda conn: with_decisions(conn, query.limit(limit)))
         seen = {r["inspection_id"] for r in buffered}
         rows = buffered + [r for r in stored if r["inspection_id"] not in seen]
-        return sorted(rows, key=lambda r: r["received_at"], reverse=True)[:limit]
+        rows = sorted(rows, key=lambda r: r["received_at"], reverse=True)[:limit]
+        return self._with_added(rows)
 
     def window(
         self,
@@ -445,26 +481,30 @@ class InspectionLog:
         return self._latest(INSPECTIONS.c.inspection_id, "inspection_id", inspection_id)
 
     def _latest(self, column, key: str, value: str) -> dict | None:
-        buffered = self._buffered(lambda row: row[key] == value)
-        if buffered:
-            return buffered[0]
-        query = INSPECTIONS.select().where(column == value)
-        query = query.order_by(INSPECTIONS.c.received_at.desc(), INSPECTIONS.c.seq.desc())
-        found = self._query(lambda conn: with_decisions(conn, query.limit(1)))
-        return found[0] if found else None
+        found = self._buffered(lambda row: row[key] == value)[:1]
+        if not found:
+            query = INSPECTIONS.select().where(column == value)
+            query = query.order_by(INSPECTIONS.c.received_at.desc(), INSPECTIONS.c.seq.desc())
+            found = self._query(lambda conn: with_decisions(conn, query.limit(1)))
+        return self._with_added(found)[0] if found else None
 
     def decisions(self, since: datetime | None = None) -> list[dict]:
         """Every model decision (buffered ones too), oldest first, for shadow comparison:
         role, model_version, defect_class, flagged, die_id, inspection_id, received_at, ..."""
         since = None if since is None else as_utc(since)
-        buffered = self._buffered(lambda row: since is None or row["received_at"] >= since)
+        with self._cond:
+            pending = list(self._buffer)
         query = DECISIONS.select().order_by(DECISIONS.c.received_at, DECISIONS.c.id)
         if since is not None:
             query = query.where(DECISIONS.c.received_at >= since)
         stored = self._query(lambda conn: [decision_dict(r) for r in conn.execute(query)])
-        seen = {r["inspection_id"] for r in buffered}
-        rows = [d for d in stored if d["inspection_id"] not in seen]
-        rows += [d for r in reversed(buffered) for d in r["decisions"]]
+        keys = {p.key for p in pending}  # buffered, perhaps written already: taken from the buffer
+        rows = [
+            d for d in stored
+            if d["inspection_id"] not in keys and (d["inspection_id"], d["role"]) not in keys
+        ]  # fmt: skip
+        buffered = [dict(d) for p in pending for d in p.decisions]
+        rows += [d for d in buffered if since is None or d["received_at"] >= since]
         return sorted(rows, key=lambda d: d["received_at"])
 
     # --- feedback ----------------------------------------------------------------------

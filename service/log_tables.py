@@ -1,9 +1,11 @@
 """The inspection log's database: its tables, engines, and the rows it reads and writes.
 
 `inspection_rows` turns an inspection record into the rows of `INSPECTIONS` and `DECISIONS`;
-the `*_dict` functions turn stored rows back into plain dicts with UTC times. Engines write
-JSON columns as plain JSON (numpy values as numbers, NaN as null) and turn on WAL and foreign
-keys on SQLite.
+`record_rows` reads the other kind of record too: one model's decision added to an
+inspection logged before it (a model that scored the die after the answer). The `*_dict`
+functions turn stored rows back into plain dicts with UTC times. Engines write JSON columns
+as plain JSON (numpy values as numbers, NaN as null) and turn on WAL and foreign keys on
+SQLite.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ OPTIONAL = {
     "latency_ms": None,
 }
 DECISION_REQUIRED = ("role", "model_version", "model_kind", "defect_class", "flagged")
+ADDED_DECISION = "decision"  # the `kind` of a record adding a decision to a logged inspection
+ADDED_REQUIRED = ("inspection_id", "die_id", "received_at", "decision")
 
 
 # --- records and rows -------------------------------------------------------------------
@@ -145,6 +149,44 @@ def inspection_rows(record: dict) -> tuple[dict, list[dict]]:
     except (TypeError, ValueError) as err:
         raise ValueError(f"inspection record of die {record['die_id']}: {err}") from err
     return row, decisions
+
+
+def added_decision_record(inspection_id: str, die_id: str, received_at, decision) -> dict:
+    """The record of one model's decision added to an inspection logged before it."""
+    if dataclasses.is_dataclass(decision):
+        decision = dataclasses.asdict(decision)
+    return {
+        "kind": ADDED_DECISION,
+        "inspection_id": inspection_id,
+        "die_id": die_id,
+        "received_at": received_at,
+        "decision": decision,
+    }
+
+
+def record_rows(record: dict) -> tuple[dict | None, list[dict]]:
+    """The rows of either kind of record: an inspection's (see `inspection_rows`), or
+    (None, [the decisions row]) of an `added_decision_record`.
+
+    Raises:
+        ValueError: a required field is absent or unreadable.
+    """
+    if record.get("kind", "inspection") == "inspection":
+        return inspection_rows(record)
+    if record["kind"] != ADDED_DECISION:
+        raise ValueError(f"unknown kind of log record {record['kind']!r}")
+    missing = [name for name in ADDED_REQUIRED if name not in record]
+    if missing:
+        raise ValueError(f"added decision record lacks {', '.join(missing)}")
+    try:
+        inspection = {
+            "inspection_id": str(record["inspection_id"]),
+            "die_id": str(record["die_id"]),
+            "received_at": as_utc(record["received_at"]),
+        }
+        return None, [_decision_row(record["decision"], inspection)]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"added decision on die {record['die_id']}: {err}") from err
 
 
 def _decision_row(decision, inspection: dict) -> dict:

@@ -61,6 +61,13 @@ class ServiceMetrics:
             ["class_name", "model_version", "role", "served"],
             registry=r,
         )
+        self.shadow_lost = Counter(
+            "dieguard_shadow_decisions_lost_total",
+            "Decisions of a model that did not decide the die, scored after the answer, that "
+            "never reached the log (the inspection itself is unaffected).",
+            ["role"],
+            registry=r,
+        )
         self.missing_notes = Counter(
             "dieguard_missing_notes_total", "Inspections without an operator note.", registry=r
         )

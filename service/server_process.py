@@ -21,7 +21,8 @@ from service.log_tables import INSPECTIONS, engine_url
 class ServerProcess:
     """`dieguard serve` over a state folder, on a free loopback port, serving a fixed bundle
     folder or (bundle None) the registry's champion; its inspection log is the SQLite file
-    in the state folder, or the database at `database_url`."""
+    in the state folder, or the database at `database_url`. `env` adds settings (e.g.
+    MLFLOW_TRACKING_URI, DIEGUARD_ROUTE_MODE)."""
 
     def __init__(
         self,
@@ -30,9 +31,10 @@ class ServerProcess:
         keys: str,
         log_file: Path | None = None,
         database_url: str | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.bundle, self.state_dir, self.keys = bundle, Path(state_dir), keys
-        self.database_url = database_url
+        self.database_url, self.env = database_url, env or {}
         self.log_file = log_file or self.state_dir / "server.log"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -50,6 +52,7 @@ class ServerProcess:
         command += ["--bundle", str(self.bundle)] if self.bundle else []
         env = os.environ | {"DIEGUARD_API_KEYS": self.keys, "DIEGUARD_THREADS": "1"}
         env |= {"DIEGUARD_DATABASE_URL": self.database_url} if self.database_url else {}
+        env |= self.env
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             self.process = subprocess.Popen(command, env=env, stdout=out, stderr=out)

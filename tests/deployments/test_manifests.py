@@ -91,6 +91,11 @@ def containers(deployment: dict) -> list[dict]:
     return deployment["spec"]["template"]["spec"]["containers"]
 
 
+def workloads(objects: list[dict]) -> list[dict]:
+    """The Deployments (the worker) and StatefulSets (the stations)."""
+    return of_kind(objects, "Deployment") + of_kind(objects, "StatefulSet")
+
+
 def test_there_are_three_fabs():
     assert OVERLAYS == ["fab-a", "fab-b", "fab-c"]
 
@@ -107,7 +112,7 @@ def test_kustomizations_are_well_formed():
 @pytest.mark.parametrize("fab", OVERLAYS)
 def test_each_fab_runs_four_gpu_stations_with_probes(rendered, fab):
     objects = rendered[fab]
-    stations = component(objects, "Deployment", "station")
+    stations = component(objects, "StatefulSet", "station")
     assert sorted(d["metadata"]["name"] for d in stations) == [
         f"{fab}-dieguard-{s}" for s in STATIONS
     ]
@@ -127,6 +132,34 @@ def test_each_fab_runs_four_gpu_stations_with_probes(rendered, fab):
 
 
 @pytest.mark.parametrize("fab", OVERLAYS)
+def test_each_station_keeps_its_state_on_its_own_persistent_volume(rendered, fab):
+    """The spool behind every 200 must outlive the pod: a claim per station, not an
+    emptyDir, mounted at the state folder, kept when the StatefulSet goes."""
+    objects = rendered[fab]
+    (config,) = of_kind(objects, "ConfigMap")
+    state_dir = config["data"]["DIEGUARD_STATE_DIR"]
+    services = {s["metadata"]["name"] for s in of_kind(objects, "Service")}
+    for station in component(objects, "StatefulSet", "station"):
+        spec = station["spec"]
+        assert spec["replicas"] == 1  # one pod owns one spool
+        assert spec["serviceName"] in services
+        assert spec["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": "Retain",
+            "whenScaled": "Retain",
+        }
+        (claim,) = spec["volumeClaimTemplates"]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claim["spec"]["resources"]["requests"]["storage"].endswith("Gi")
+        (mount,) = [
+            m for m in containers(station)[0]["volumeMounts"] if m["mountPath"] == state_dir
+        ]
+        assert mount["name"] == claim["metadata"]["name"]
+        pod_volumes = {v["name"] for v in spec["template"]["spec"]["volumes"]}
+        assert mount["name"] not in pod_volumes  # not shadowed by a per-pod volume
+    assert config["data"]["DIEGUARD_IMAGE_STORE"] == f"s3://dieguard-{fab}/images"
+
+
+@pytest.mark.parametrize("fab", OVERLAYS)
 def test_each_fab_has_its_services_worker_and_settings(rendered, fab):
     objects = rendered[fab]
     services = of_kind(objects, "Service")
@@ -139,7 +172,7 @@ def test_each_fab_has_its_services_worker_and_settings(rendered, fab):
     (config,) = of_kind(objects, "ConfigMap")
     data = config["data"]
     assert fab in data["DIEGUARD_DATABASE_URL"] and fab in data["MLFLOW_TRACKING_URI"]
-    for deployment in of_kind(objects, "Deployment"):
+    for deployment in workloads(objects):
         refs = [e["configMapRef"]["name"] for e in containers(deployment)[0]["envFrom"]]
         assert refs == [config["metadata"]["name"]]  # the generated, hashed name
 
@@ -148,7 +181,7 @@ def test_each_fab_has_its_services_worker_and_settings(rendered, fab):
 def test_credentials_are_secrets_by_reference_only(rendered, fab):
     objects = rendered[fab]
     assert not of_kind(objects, "Secret")  # created in the namespace, never in git
-    for deployment in of_kind(objects, "Deployment"):
+    for deployment in workloads(objects):
         for env in containers(deployment)[0]["env"]:
             if SENSITIVE.search(env["name"]):
                 assert "secretKeyRef" in env.get("valueFrom", {}), env["name"]
@@ -188,7 +221,7 @@ def test_rendered_overlays_pass_the_static_checks(rendered, checkov, fab, tmp_pa
 
 def test_the_static_checker_refuses_a_privileged_root_station(rendered, checkov, tmp_path):
     objects = copy.deepcopy(rendered["fab-a"])
-    station = component(objects, "Deployment", "station")[0]
+    station = component(objects, "StatefulSet", "station")[0]
     station["spec"]["template"]["spec"].pop("securityContext")
     containers(station)[0]["securityContext"] = {"privileged": True, "runAsUser": 0}
     failures = checkov_failures(checkov, objects, tmp_path)

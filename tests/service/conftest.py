@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,39 @@ def start_service(config: ServiceConfig, tracking_uri: str = "", ready_timeout_s
     app = create_app(config)
     url, stop = serve_in_thread(app, ready_timeout_s=ready_timeout_s)
     return LiveService(url, config, tracking_uri, app), stop
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3-compatible server on loopback (moto's server mode), for the whole session."""
+    server_mode = pytest.importorskip(
+        "moto.server", reason="moto is not installed: no local S3 server to test against"
+    )
+    server = server_mode.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch) -> str:
+    """A fresh bucket on the local S3 server; boto3 is pointed at that server (endpoint and
+    test credentials in the environment, as a pod would have them)."""
+    import boto3
+
+    settings = {
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    name = f"dieguard-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
 
 
 @pytest.fixture(scope="session")

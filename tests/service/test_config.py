@@ -61,6 +61,9 @@ def test_settings_come_from_the_environment():
     assert config.state_dir == Path("/tmp/x") and config.max_batch == 4
     assert config.route_mode == "shadow" and config.reload_interval_s == 3.0
     assert config.log_url.startswith("sqlite:///") and config.log_url.endswith("inspections.db")
+    assert config.image_location == "/tmp/x/images"  # beside the spool unless told otherwise
+    s3 = from_env(env | {"DIEGUARD_IMAGE_STORE": "s3://fab-a/images"})
+    assert s3.image_location == "s3://fab-a/images"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """SIGKILL the real server under load and start it again on the same state: every inspection
 it answered 200 must be in the inspection log, also when the database was slow at the kill
-(SQLite, and PostgreSQL with the log's table locked by another connection)."""
+(SQLite, and PostgreSQL with the log's table locked by another connection), and with a
+challenger in shadow whose decisions are still being added when the kill comes."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pytest
+import sqlalchemy as sa
 
 from service.loadtest import load_test, make_dies
+from service.log_tables import DECISIONS, INSPECTIONS, engine_url
 from service.server_process import ServerProcess, wait_until_logged
-from tests.service.conftest import KEYS
+from tests.service.conftest import KEYS, MODEL_NAME, register_bundle, variant
 
 CYCLES = 20
 PG_CYCLES = 6
+SHADOW_CYCLES = 4
 RATE = 30.0  # dies per second
 LOAD_S = 3.0  # of posting per cycle; the kill comes KILL_AT_S into it
 KILL_AT_S = 2.0
@@ -145,3 +149,38 @@ def test_no_acknowledged_inspection_is_lost_when_postgres_is_locked_at_the_kill(
 
     run = kill_under_load(server, PG_CYCLES, locked_after_the_first)
     check(run, PG_CYCLES, f"all but the first with PostgreSQL's log table locked {LOCK_S:g} s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_no_acknowledged_inspection_is_lost_or_altered_with_a_challenger_in_shadow(
+    service_bundle, tmp_path, request
+):
+    """The kill often falls between an answer and its shadow decision: the inspections stay
+    as answered (the champion's), and no added decision is written twice."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register_bundle(uri, service_bundle)
+    register_bundle(uri, variant(service_bundle, tmp_path / "flags-all", 0.0), promote_it=False)
+    env = {"MLFLOW_TRACKING_URI": uri, "DIEGUARD_MODEL_NAME": MODEL_NAME}
+    env |= {"DIEGUARD_ROUTE_MODE": "shadow"}
+    server = ServerProcess(None, tmp_path / "state", STATION_KEYS, env=env)
+    request.addfinalizer(server.kill)
+    db = str(server.state_dir / "inspections.db")
+
+    def every_other_locked(cycle: int):
+        return write_lock_held(db, LOCK_S) if cycle % 2 == 1 else nullcontext()
+
+    run = kill_under_load(server, SHADOW_CYCLES, every_other_locked)
+    check(run, SHADOW_CYCLES, "with the challenger in shadow, every other with SQLite locked")
+    engine = sa.create_engine(engine_url(server.log_url))
+    with engine.connect() as conn:
+        answered = sa.select(INSPECTIONS.c.served_by, INSPECTIONS.c.route)
+        served = {tuple(row) for row in conn.execute(answered)}
+        roles = sa.select(DECISIONS.c.inspection_id, DECISIONS.c.role)
+        decided = [tuple(row) for row in conn.execute(roles)]
+    engine.dispose()
+    assert served == {("champion", "shadow")}
+    assert len(decided) == len(set(decided))  # no decision written twice
+    shadowed = {i for i, role in decided if role == "candidate"}
+    print(f"{len(shadowed)} of {len(run['acknowledged'])} inspections have the shadow decision")
+    assert shadowed and all((i, "champion") in decided for i in shadowed)

@@ -1,16 +1,20 @@
-"""The content-addressed image store: refs, deduplication, atomic writes, refused refs."""
+"""The content-addressed image store: refs, deduplication, atomic writes, refused refs; the
+same on S3, against a real S3-compatible server on loopback."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import socket
 import threading
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from service.image_store import ImageStore, image_format
+from service.image_store import ImageStore, image_format, open_image_store
+from tests.service.conftest import KEYS, inspect_ok, live_config, start_service
 
 
 def encoded(fmt: str, seed: int = 0) -> bytes:
@@ -87,3 +91,55 @@ def test_refusals(tmp_path):
         store.put(b"", "png")
     with pytest.raises(FileNotFoundError, match="no image stored"):
         store.get("ab/" + "ab" * 32 + ".png")
+
+
+def test_s3_store_round_trip_against_a_local_s3_server(s3_bucket):
+    import boto3  # here: the local store's tests need no S3 client
+
+    store = open_image_store(f"s3://{s3_bucket}/station-1/images")
+    data = encoded("png", seed=3)
+    ref = store.put(data, "png")
+    digest = hashlib.sha256(data).hexdigest()
+    assert ref == f"{digest[:2]}/{digest}.png"  # the refs of the local store
+    assert store.put(data, "png") == ref  # the same bytes, the same object
+    assert store.exists(ref) and store.get(ref) == data
+    listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]
+    assert [o["Key"] for o in listed] == [f"station-1/images/{ref}"]
+    other = "ab/" + "ab" * 32 + ".png"
+    assert not store.exists(other)
+    with pytest.raises(FileNotFoundError, match="no image stored"):
+        store.get(other)
+    with pytest.raises(ValueError, match="image ref"):
+        store.get("../../etc/passwd")
+    with pytest.raises(ValueError, match="format"):
+        store.put(b"GIF89a", "gif")
+
+
+def test_s3_store_that_cannot_be_reached_stores_nothing(s3_bucket, monkeypatch):
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{sock.getsockname()[1]}")
+    store = open_image_store(f"s3://{s3_bucket}")
+    with pytest.raises(OSError, match="image not stored"):
+        store.put(encoded("png"), "png")
+
+
+def test_the_service_stores_each_image_on_s3_before_its_200(
+    registry_uri, s3_bucket, tmp_path, dies
+):
+    import boto3
+
+    config = live_config(registry_uri, tmp_path / "state", image_store=f"s3://{s3_bucket}/fab-a")
+    service, stop = start_service(config, registry_uri)
+    try:
+        die = dies[2]
+        inspect_ok(service, die)
+        record = service.app.state.service.log.get(die.die_id)
+        stored = boto3.client("s3").get_object(Bucket=s3_bucket, Key=f"fab-a/{record['image_ref']}")
+        assert stored["Body"].read() == die.image  # there once the station had its answer
+        with httpx.Client(base_url=service.url, auth=("op", KEYS["operator"])) as client:
+            shown = client.get(f"/dashboard/dies/{die.die_id}/image.png")
+        assert shown.status_code == 200 and shown.content == die.image
+    finally:
+        stop()
+    assert not (tmp_path / "state" / "images").exists()  # nothing on the pod's disk

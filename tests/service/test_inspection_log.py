@@ -17,7 +17,7 @@ from service.inspection_log import (
     LogUnavailableError,
     UnknownDieError,
 )
-from service.log_tables import METADATA, engine_url
+from service.log_tables import METADATA, added_decision_record, engine_url
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 FAST = {"retry_initial": 0.05, "retry_max": 0.2, "connect_timeout": 2}
@@ -63,6 +63,15 @@ def make_record(die_id="A-L0042-W07-D113", at=T0, flagged=True, defect_class=2, 
         "latency_ms": 14.0,
     }
     return record | changes
+
+
+def answered_then_shadow(die_id="A-L0042-W07-D113", **changes) -> tuple[dict, dict]:
+    """An inspection record as answered (the champion's decision alone) and the record that
+    adds the candidate's decision, scored after the answer."""
+    full = make_record(die_id, **changes)
+    champion, candidate = full["decisions"]
+    added = added_decision_record(full["inspection_id"], die_id, full["received_at"], candidate)
+    return full | {"decisions": [champion]}, added
 
 
 def counts(log: InspectionLog, *names: str) -> tuple:
@@ -152,6 +161,45 @@ def test_decisions_rows_for_shadow_comparison(log):
     }
     assert all(d["die_id"] == record["die_id"] and d["received_at"] == T0 for d in rows)
     assert log.decisions(since=T0 + timedelta(days=1)) == []
+
+
+def test_a_decision_added_after_the_answer_joins_its_inspection(log_url):
+    log = InspectionLog(log_url, **FAST)  # not started: both stay buffered at first
+    inspection, added = answered_then_shadow()
+    log.record(inspection)
+    assert [d["role"] for d in log.get(inspection["die_id"])["decisions"]] == ["champion"]
+    log.record(added)
+    for got in (log.get(inspection["die_id"]), log.recent()[0]):
+        assert [d["role"] for d in got["decisions"]] == ["champion", "candidate"]
+    assert {d["role"] for d in log.decisions()} == {"champion", "candidate"}
+    log.start()
+    assert log.flush(10)
+    got = log.get_inspection(inspection["inspection_id"])
+    assert got["stored"] and [d["role"] for d in got["decisions"]] == ["champion", "candidate"]
+    assert got["decisions"][1]["model_version"] == "4"
+    assert got["served_by"] == "champion" and got["model_version"] == "3"
+    rows = log.decisions(since=T0)
+    assert sorted((d["role"], d["model_version"]) for d in rows) == [
+        ("candidate", "4"),
+        ("champion", "3"),
+    ]
+    assert counts(log, "written", "rejected", "buffered") == (2, 0, 0)
+    assert log.close()
+
+
+def test_an_added_decision_without_its_inspection_is_refused_alone(log_url):
+    log = InspectionLog(log_url, **FAST)
+    _, orphan = answered_then_shadow("A-L0001-W01-D001")  # its inspection was never logged
+    inspection, added = answered_then_shadow("A-L0001-W01-D002")
+    for record in (orphan, inspection, added):
+        log.record(record)
+    log.start()
+    assert log.flush(10)
+    assert counts(log, "written", "rejected", "buffered") == (2, 1, 0)
+    got = log.get(inspection["die_id"])
+    assert got["stored"] and [d["role"] for d in got["decisions"]] == ["champion", "candidate"]
+    assert {d["inspection_id"] for d in log.decisions()} == {inspection["inspection_id"]}
+    assert log.close()
 
 
 def test_window_returns_one_time_range_oldest_first(log):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
+
 import pytest
 
 from registry import open_store, promote
 from service.embedded import ServiceNotReadyError
+from service.inspection_log import InspectionLog
+from service.spool import Spool
 from tests.service.conftest import (
     MODEL_NAME,
     live_config,
@@ -72,6 +77,55 @@ def _decisions(service, die_id: str, n: int):
         response = client.get(f"/api/v1/inspections/{die_id}")
     record = response.json() if response.status_code == 200 else None
     return record if record and len(record["decisions"]) == n else None
+
+
+def test_the_answer_does_not_wait_for_the_shadow_model(service_bundle, tmp_path, dies):
+    """The challenger is held inside its model call: the station still gets its 200, a crash
+    at that moment leaves the inspection as answered, and the held decision is added later."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register_bundle(uri, service_bundle)
+    register_bundle(uri, variant(service_bundle, tmp_path / "cand", 0.0), promote_it=False)
+    config = live_config(uri, tmp_path / "state", route_mode="shadow", request_timeout_s=120.0)
+    service, stop = start_service(config, uri)
+    entered, released = threading.Event(), threading.Event()
+    try:
+        candidate = wait_for(lambda: service.app.state.service.pool.get("candidate"))
+        predict = candidate.engine.predict
+
+        def held(batch, role):
+            entered.set()
+            released.wait(120)
+            return predict(batch, role)
+
+        candidate.engine.predict = held  # the challenger's model, slowed at will
+        die = dies[5]
+        data, files = die.form()
+        with service.client("station") as client:  # 30 s: far less than the hold
+            response = client.post("/api/v1/inspect", data=data, files=files)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["decided_by"] == "champion" and body["route"] == "shadow"
+        assert entered.wait(20) and not released.is_set()  # scored after the answer
+        crashed = tmp_path / "crashed"  # what a crash at this moment leaves on disk
+        shutil.copytree(config.state_dir / "spool", crashed / "spool")
+        released.set()
+        record = wait_for(lambda: _decisions(service, die.die_id, 2))
+    finally:
+        released.set()
+        stop()
+    by_role = {d["role"]: d for d in record["decisions"]}
+    assert by_role["candidate"]["model_version"] == "2" and by_role["candidate"]["flagged"]
+    assert record["inspection_id"] == body["inspection_id"]
+
+    log = InspectionLog(f"sqlite:///{crashed / 'log.db'}", spool=Spool(crashed / "spool"))
+    assert log.replay() == 1
+    with log:
+        assert log.flush(10)
+        replayed = log.get(die.die_id)
+    assert replayed["inspection_id"] == body["inspection_id"]
+    assert [d["role"] for d in replayed["decisions"]] == ["champion"]
+    for name in ("defect_class", "confidence", "flagged", "model_version", "explanation"):
+        assert replayed[name] == body[name]
 
 
 def test_a_promoted_candidate_stops_being_shadowed(own_service, service_bundle, dies):

@@ -1,5 +1,6 @@
 """The write-ahead spool: records on disk before they are acknowledged, replayed after a
-crash, written to the log once, and gone from disk once they are in the database."""
+crash, written to the log once, and gone from disk once they are in the database; a decision added
+after the answer is a record of its own, and losing it never touches the inspection."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from service.inspection_log import InspectionLog
 from service.spool import Spool
-from tests.service.test_inspection_log import FAST, make_record
+from tests.service.test_inspection_log import FAST, answered_then_shadow, make_record
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
 
@@ -133,3 +134,38 @@ def test_a_replayed_record_already_in_the_database_is_not_written_twice(tmp_path
         rows = log.window(records[0]["received_at"], records[0]["received_at"].replace(year=2100))
     assert len(rows) == 4 and status["rejected"] == 0 and status["spooled"] == 0
     assert status["recovered"] == 2
+
+
+def test_a_crash_before_or_during_the_added_decision_loses_no_acknowledged_inspection(tmp_path):
+    """Three answered inspections; the candidate's decision was added to the first two, one of
+    them was already in the database, and the crash cut the third's decision short."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    pairs = [answered_then_shadow(f"A-L0001-W01-D{i:03d}") for i in range(3)]
+    with InspectionLog(url, **FAST) as log:  # the first inspection and its decision were written
+        log.record(pairs[0][0])
+        log.record(pairs[0][1])
+        assert log.flush(10)
+    spool = Spool(tmp_path / "spool")
+    for inspection, added in pairs[:2]:
+        spool.append(inspection)
+        spool.append(added)
+    spool.append(pairs[2][0])
+    spool.close()
+    line = json.dumps(pairs[2][1], default=str).encode()
+    with open(sorted((tmp_path / "spool").glob("*.jsonl"))[-1], "ab") as segment:
+        segment.write(line[: len(line) // 2])  # the crash came in the middle of this write
+    log = InspectionLog(url, spool=Spool(tmp_path / "spool"), **FAST)
+    assert log.replay() == 5
+    with log:
+        assert log.flush(10)
+        got = [log.get_inspection(inspection["inspection_id"]) for inspection, _ in pairs]
+        status = log.status()
+    assert [[d["role"] for d in g["decisions"]] for g in got] == [
+        ["champion", "candidate"],
+        ["champion", "candidate"],
+        ["champion"],  # its added decision was lost, the inspection is as answered
+    ]
+    for g, (inspection, _) in zip(got, pairs):
+        for name in ("served_by", "defect_class", "confidence", "flagged", "model_version"):
+            assert g[name] == inspection[name]
+    assert status["rejected"] == 0 and status["spooled"] == 0 and status["recovered"] == 2
