@@ -21,7 +21,13 @@ from registry.lifecycle import (
 from registry.servable import NotServable, require_servable
 from registry.store import Store, open_store
 from registry.training import TrainingRecord, log_training
-from registry.versions import record_approval, register, reject
+from registry.versions import (
+    approval_refusal,
+    record_approval,
+    refuse_approval,
+    register,
+    reject,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -35,6 +41,7 @@ __all__ = [
     "Split",
     "Store",
     "TrainingRecord",
+    "approval_refusal",
     "audit",
     "champion",
     "download_bundle",
@@ -46,6 +53,7 @@ __all__ = [
     "promote",
     "record_approval",
     "record_event",
+    "refuse_approval",
     "register",
     "reject",
     "require_servable",
