@@ -18,6 +18,7 @@ from registry.lifecycle import (
     promote,
     rollback,
 )
+from registry.reports import log_reports
 from registry.servable import NotServable, require_servable
 from registry.store import Store, open_store
 from registry.training import TrainingRecord, log_training
@@ -48,6 +49,7 @@ __all__ = [
     "format_audit",
     "install_first",
     "log_bundle",
+    "log_reports",
     "log_training",
     "open_store",
     "promote",
