@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local control room: a Prefect server with its UI, a process worker that runs the
-# weekly-retrain deployment, and the MLflow UI over the embedded registry. Ctrl-C stops all.
+# weekly-retrain and approve-candidate deployments, and the MLflow UI over the embedded
+# registry. Ctrl-C stops all.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 PREFECT_PORT=${PREFECT_PORT:-4200}
@@ -26,7 +27,7 @@ mkdir -p mlruns
 
 cat <<MSG
 
-  Prefect UI  http://127.0.0.1:${PREFECT_PORT}   (deployment weekly-retrain; paused runs wait for approval there)
+  Prefect UI  http://127.0.0.1:${PREFECT_PORT}   (deployment weekly-retrain; approve-candidate runs wait for approval there)
   MLflow UI   http://127.0.0.1:${MLFLOW_PORT}   (registered model dieguard: versions, aliases, lineage tags)
   Start a retrain now:  PREFECT_API_URL=$PREFECT_API_URL $BIN/prefect deployment run weekly-retrain/weekly-retrain
   Ctrl-C stops everything.

@@ -1,8 +1,8 @@
 """The approval step: a typed form in the Prefect UI, or an automatic decision on record.
 
-A run started from a deployment is suspended while it waits: its process exits, nothing
-holds a machine, and the run is rescheduled when the form is submitted (the steps already
-done are read back from their persisted results). A run started by hand (`dieguard
+A run started from a deployment (the `approve-candidate` flow, flows/approve_candidate.py)
+is suspended while it waits: its process exits, nothing holds a machine, and the run is
+rescheduled from its start when the form is submitted. A run started by hand (`dieguard
 retrain`) pauses in its process instead. A decision not given in time is a rejection.
 """
 
@@ -73,6 +73,37 @@ def timeout_answer(timeout_s: float) -> dict:
     return {"approve": False, "approver": TIMEOUT_APPROVER, "reason": reason}
 
 
+def from_deployment() -> bool:
+    """Whether the flow run in progress was started from a deployment."""
+    context = FlowRunContext.get()
+    return bool(context and context.flow_run and context.flow_run.deployment_id)
+
+
+def approval_summary(
+    model_name: str, version: str, test: dict | None, gates_passed: bool, report: str | None
+) -> str:
+    """The markdown shown above the approval form.
+
+    Args:
+        test: the candidate's test figures (escape and FPR rates, macro F1); None: unknown.
+        gates_passed: the release gates' verdict.
+        report: where its evaluation report (errors, fairness) is.
+    """
+    lines = [f"## Approve {model_name} version {version}?"]
+    if test:
+        lines.append(
+            f"- test escape rate {test['escape']['rate']:.2%} (95% upper"
+            f" {test['escape']['hi']:.2%}), FPR {test['fpr']['rate']:.2%},"
+            f" macro F1 {test['macro_f1']:.3f}"
+        )
+    lines += [
+        f"- release gates: {'all passed' if gates_passed else 'FAILED'}",
+        f"- evaluation report (errors, fairness): `{report or 'none on record'}`",
+        "Tick every checklist item and give your name to approve; anything less rejects.",
+    ]
+    return "\n".join(lines)
+
+
 def request_approval(summary_markdown: str, timeout_s: int) -> Decision:
     """Wait for the form in the Prefect UI (or the API); no answer in `timeout_s` rejects.
 
@@ -81,8 +112,7 @@ def request_approval(summary_markdown: str, timeout_s: int) -> Decision:
     margin later, is only the backstop. By hand, the process pauses until the deadline.
     """
     form_type = ApprovalForm.with_initial_data(description=summary_markdown)
-    context = FlowRunContext.get()
-    if context and context.flow_run and context.flow_run.deployment_id:
+    if from_deployment():
         form = suspend_flow_run(wait_for_input=form_type, timeout=timeout_s + DEADLINE_MARGIN_S)
         return decide(form)
     try:

@@ -1,8 +1,9 @@
-"""The approval deadline: a retrain suspended for approval longer than its timeout is rejected.
+"""The approval deadline: an approval suspended longer than its timeout is rejected.
 
 A suspended run has no process to time it out, so this short flow runs every hour (the
 `approval-deadlines` deployment in prefect.yaml): it submits the rejection form to every
-overdue `weekly-retrain` run, which then resumes and records the rejection in the registry.
+overdue `approve-candidate` run, which then resumes and records the rejection in the
+registry.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ SUSPENDED = FlowRunFilter(state={"name": FlowRunFilterStateName(any_=["Suspended
 
 
 @flow(name="approval-deadlines", log_prints=True)
-def approval_deadlines(flow_name: str = "weekly-retrain", now: datetime | None = None) -> list[str]:
+def approval_deadlines(
+    flow_name: str = "approve-candidate", now: datetime | None = None
+) -> list[str]:
     """Reject every run of `flow_name` suspended for approval past its `approval_timeout_s`.
 
     Returns:

@@ -20,12 +20,13 @@ from service.log_tables import as_utc
 from tasks.monitor import (
     announce_sustained_drift,
     champion_reference,
+    log_check_reports,
     measure_window,
     measure_window_drift,
     publish_checks,
     record_checks,
 )
-from tasks.reports import publish_report
+from tasks.reports import publish_logged_reports
 
 RETRAIN_DEPLOYMENT = "weekly-retrain/weekly-retrain"
 
@@ -56,11 +57,13 @@ def monitor(
         reference_dir: a split folder to judge drift against (dataset contract); None:
             the champion's training split, from its lineage in the registry, so the
             reference follows every promotion.
-        model_name, tracking_uri: the registry of that champion (None: mlruns/mlflow.db).
+        model_name, tracking_uri: the registry of that champion (None: mlruns/mlflow.db),
+            whose artifact store keeps the reports (experiment `<model_name>-monitoring`).
         cache_dir: where a champion trained on ``s3://`` data has its snapshot fetched.
         similar_uri, model_version: the similar-defect store and the version whose
             embeddings to compare (default version: the one that served most of the hour).
-        report_dir: the Evidently HTML reports go to `<report_dir>/<check time>/`.
+        report_dir: the Evidently HTML reports go to `<report_dir>/<check time>/`, then
+            to one MLflow run per check, whose copies the Prefect artifacts link.
         now: the check's time (default: the clock).
         thresholds: MonitorConfig fields to change, e.g. {"max_escape": 0.01}.
         history_url: the history's database (default: the inspection log's).
@@ -68,8 +71,8 @@ def monitor(
             in the sustained-drift event ("": no event, the sustained drift is only reported).
     Returns:
         alerts, drifted families, sustained metrics, the retrain request (the event, or
-        None), report paths,
-        the window's and the drift's figures, and the reference folder judged against.
+        None), report paths and their logged URIs ("logged_reports"), the window's and the
+        drift's figures, and the reference folder judged against.
     """
     log = get_run_logger()
     now = datetime.now(UTC) if now is None else as_utc(now)
@@ -89,8 +92,6 @@ def monitor(
             log.info("deleted the reports of %d checks older than %g days", len(old),
                      cfg.report_retention_days)  # fmt: skip
     reports = {f.name: f.report for f in drift.families.values() if f.report}
-    for name, path in reports.items():
-        publish_report(path, f"drift-{name}", f"Evidently drift report: {name}")
     for alert in window.alerts:
         log.warning("ALERT %s", alert.message)
     sustained = record_checks(history_url or log_url, [window, drift], now, cfg)
@@ -104,12 +105,18 @@ def monitor(
             model_name, retrain_deployment, sustained, reason, str(folder.resolve()),
             history_url or log_url, now, cfg.sustained_hours,
         )  # fmt: skip
+    links = {}
+    if reports:  # kept in MLflow after the trigger: a store outage fails the run, not the event
+        run_id = log_check_reports(tracking_uri, model_name, reports, now)
+        keys = {name: f"drift-{name}" for name in reports}
+        links = publish_logged_reports(tracking_uri, run_id, reports, keys)
     return {
         "alerts": [a.name for a in window.alerts],
         "drifted": drift.drifted,
         "sustained": sustained,
         "retrain": retrain,
         "reports": reports,
+        "logged_reports": links,
         "window": window.as_dict(),
         "drift": drift.as_dict(),
         "reference_dir": str(reference_dir),

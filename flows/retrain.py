@@ -1,7 +1,10 @@
 """The weekly retrain: validate, prepare, train, evaluate, gate, register, approve, promote.
 
-Run it once with `dieguard retrain --config configs/cpu.yaml [--auto-approve]`; on a schedule,
-as the `weekly-retrain` deployment in prefect.yaml.
+Run it once with `dieguard retrain --config configs/cpu.yaml [--auto-approve]`: it pauses
+for the approval form in its process. On a schedule, as the `weekly-retrain` deployment in
+prefect.yaml, it ends once the candidate is registered and hands the approval to a run of
+the `approve-candidate` deployment (flows/approve_candidate.py), which waits outside the
+retrain's concurrency slot.
 """
 
 from __future__ import annotations
@@ -12,25 +15,32 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 from prefect.states import Completed, State
 
-from flows.approval import APPROVAL_TIMEOUT_S, automatic_approval, request_approval
+from flows.approval import (
+    APPROVAL_TIMEOUT_S,
+    approval_summary,
+    automatic_approval,
+    from_deployment,
+    request_approval,
+)
 from model.config import load_config
 from model.gates import failed_checks
 from model.remote import is_remote
-from tasks import registry
+from tasks.approval import start_approval
 from tasks.data import explore, fetch_data, validate_data
-from tasks.registry import promote_version, record_decision
+from tasks.registry import (
+    current_champion,
+    install_first_champion,
+    log_run,
+    promote_version,
+    record_decision,
+    register_candidate,
+)
 from tasks.release import export_baseline, judge, optimize, score_champion
 from tasks.reports import publish_figures, publish_gates, publish_logged_reports, publish_report
-from tasks.resume import once_per_run
 from tasks.rollout import start_rollout
 from tasks.training import evaluate, prepare_data, train
 
-# The registry steps before the approval: a run resumed after it does not repeat them.
-current_champion = once_per_run(registry.current_champion)
-install_first_champion = once_per_run(registry.install_first_champion)
-log_run = once_per_run(registry.log_run)
-register_candidate = once_per_run(registry.register_candidate)
-
+APPROVAL_DEPLOYMENT = "approve-candidate/approve-candidate"
 REPORT_KEYS = {"data_docs": "data-docs", "eda": "eda", "evaluation": "evaluation-report"}
 REFUSED = "Refused"  # the final state of a run whose candidate the release gates turned away
 
@@ -45,6 +55,7 @@ def retrain(
     approval_timeout_s: int = APPROVAL_TIMEOUT_S,
     rollout_deployment: str = "",
     hold_for_rollout: bool = False,
+    approval_deployment: str = APPROVAL_DEPLOYMENT,
 ) -> dict | State:
     """Train a candidate on the configured data set and, when it earns it, make it champion.
 
@@ -55,16 +66,21 @@ def retrain(
         model_name: the registered model in MLflow.
         tracking_uri: the MLflow store (default: a SQLite file under mlruns/).
         auto_approve: approve without asking (demo and tests); recorded as automatic.
-        approval_timeout_s: how long the run waits for a decision (none in time rejects).
+        approval_timeout_s: how long the approval waits for a decision (none in time rejects).
         rollout_deployment: e.g. "rollout-start/rollout-start": an approved version is
             handed to the staged rollout (shadow, 10-100%, then promotion or rollback)
             instead of being promoted at once ("": promote at once).
         hold_for_rollout: leave an approved version challenger, for a rollout started
             elsewhere (the demo's simulation rolls it out in-process).
+        approval_deployment: from a deployment (and without auto_approve), the approval
+            is a run of this deployment (`<flow>/<deployment>`), given the version,
+            approval_timeout_s and rollout_deployment ("" when hold_for_rollout); it
+            approves into the rollout or holds, never promotes at once.
     Returns:
         version, approval, champion, report paths and their logged URIs
-        ("logged_reports"); a candidate refused by the release
-        gates ends the run in a Completed state named "Refused" holding the same outcome.
+        ("logged_reports"); from a deployment, "approval_run" (the approval's run id)
+        instead of the decision. A candidate refused by the release gates ends the run in a
+        Completed state named "Refused" holding the same outcome.
     """
     log = get_run_logger()
     cfg = load_config(config, overrides)
@@ -109,15 +125,22 @@ def retrain(
         champion_figures,
     )  # fmt: skip
 
+    outcome = {"version": version, "reports": reports, "logged_reports": links}
+    if not auto_approve and from_deployment():  # the approval waits outside this run's slot
+        rollout = "" if hold_for_rollout else rollout_deployment
+        run_id = start_approval(
+            approval_deployment, model_name, tracking_uri, version, approval_timeout_s, rollout
+        )
+        log.info("version %s is challenger; approval run %s waits for its form", version, run_id)
+        return outcome | {"approval_run": run_id, "champion": champion["version"]}
     if auto_approve:
         decision = automatic_approval()
     else:
-        decision = request_approval(
-            approval_summary(model_name, version, candidate, verdict, report), approval_timeout_s
-        )
+        test, passed = candidate["test"], verdict["passed"]
+        summary = approval_summary(model_name, version, test, passed, report["html"])
+        decision = request_approval(summary, approval_timeout_s)
     record_decision(model_name, tracking_uri, version, decision.to_dict())
-    outcome = {"version": version, "approved": decision.approved, "reports": reports}
-    outcome["logged_reports"] = links
+    outcome["approved"] = decision.approved
     if not decision.approved:
         log.warning("version %s rejected by %s: %s", version, decision.approver, decision.reason)
         return outcome | {"champion": champion["version"]}
@@ -143,17 +166,3 @@ def refused(model_name: str, verdict: dict, outcome: dict) -> State:
         payload={"failed": failed, "verdict": verdict["path"]},
     )
     return Completed(name=REFUSED, message=message, data=outcome | {"refused": message})
-
-
-def approval_summary(model_name: str, version: str, candidate: dict, verdict: dict, report) -> str:
-    """The markdown shown above the approval form."""
-    t = candidate["test"]
-    lines = [
-        f"## Approve {model_name} version {version}?",
-        f"- test escape rate {t['escape']['rate']:.2%} (95% upper {t['escape']['hi']:.2%}),"
-        f" FPR {t['fpr']['rate']:.2%}, macro F1 {t['macro_f1']:.3f}",
-        f"- release gates: {'all passed' if verdict['passed'] else 'FAILED'}",
-        f"- evaluation report (errors, fairness): `{report['html']}`",
-        "Tick every checklist item and give your name to approve; anything less rejects.",
-    ]
-    return "\n".join(lines)

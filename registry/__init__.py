@@ -18,10 +18,17 @@ from registry.lifecycle import (
     promote,
     rollback,
 )
+from registry.reports import log_reports
 from registry.servable import NotServable, require_servable
 from registry.store import Store, open_store
 from registry.training import TrainingRecord, log_training
-from registry.versions import record_approval, register, reject
+from registry.versions import (
+    approval_refusal,
+    record_approval,
+    refuse_approval,
+    register,
+    reject,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -35,17 +42,20 @@ __all__ = [
     "Split",
     "Store",
     "TrainingRecord",
+    "approval_refusal",
     "audit",
     "champion",
     "download_bundle",
     "format_audit",
     "install_first",
     "log_bundle",
+    "log_reports",
     "log_training",
     "open_store",
     "promote",
     "record_approval",
     "record_event",
+    "refuse_approval",
     "register",
     "reject",
     "require_servable",

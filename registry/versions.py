@@ -10,7 +10,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from registry.aliases import CHALLENGER, CHAMPION, aliases_of, drop_alias
+from registry.aliases import CHALLENGER, CHAMPION, alias_version, aliases_of, drop_alias
 from registry.events import record_event
 from registry.values import to_text, utc_now
 
@@ -98,6 +98,36 @@ def record_approval(
     if not approved:  # a rejected version is no one's challenger
         drop_alias(client, model_name, CHALLENGER, version)
     return tags
+
+
+def approval_refusal(client: MlflowClient, model_name: str, version: str | int) -> str | None:
+    """Why a decision on `version` may no longer be taken (None: it is the challenger).
+
+    Only the challenger is decided: a version a newer candidate superseded, or one already
+    rejected or promoted, holds no ``challenger`` alias.
+    """
+    current = alias_version(client, model_name, CHALLENGER)
+    if current == str(version):
+        return None
+    now = f"version {current} is" if current else "no version is"
+    return f"version {version} is no longer the challenger ({now})"
+
+
+def refuse_approval(
+    client: MlflowClient,
+    model_name: str,
+    version: str | int,
+    reason: str,
+    decision: Mapping[str, Any] | None = None,
+) -> str:
+    """Record on the version that its approval was not taken: an ``approval-refused``
+    event with the reason and the decision given, if any (its ``approval.*`` tags stay).
+
+    Returns:
+        The event's tag key.
+    """
+    detail = {"reason": reason} | ({"decision": dict(decision)} if decision else {})
+    return record_event(client, model_name, version, "approval-refused", detail, once=True)
 
 
 def reject(

@@ -22,6 +22,7 @@ from monitoring.windows import WindowReport, window_report
 from service.inspection_log import InspectionLog
 
 SUSTAINED_EVENT = "dieguard.drift.sustained"
+CHECK_TIME = "%Y-%m-%dT%H:%MZ"  # a check's MLflow run name: monitor-<check time>
 WINDOW_FIELDS = ("flagged", "latency_ms", "operator_notes", "model_version")
 DRIFT_FIELDS = ("die_id", "process_log", "operator_notes", "image_ref", "model_version")
 
@@ -88,6 +89,33 @@ def measure_window_drift(
         log.close()
     return measure_drift(
         rows, reference_dir, image_root, report_dir, now, config, similar_uri, model_version
+    )
+
+
+def monitoring_experiment(model_name: str) -> str:
+    """The MLflow experiment that keeps the monitor's reports of a registered model."""
+    return f"{model_name}-monitoring"
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+def log_check_reports(
+    tracking_uri: str | None, model_name: str, reports: dict[str, str], now: datetime
+) -> str:
+    """Keep one check's Evidently reports in the MLflow artifact store (S3 in production):
+    one run of `<model>-monitoring` per check, each family's report under `<family>/`.
+
+    Returns:
+        The run's id.
+    """
+    from registry import log_reports, open_store
+
+    return log_reports(
+        open_store(tracking_uri),
+        monitoring_experiment(model_name),
+        f"monitor-{now:{CHECK_TIME}}",
+        reports,
+        key=now.isoformat(),
+        tags={"dieguard.checked_at": now.isoformat(), "dieguard.families": sorted(reports)},
     )
 
 

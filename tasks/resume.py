@@ -1,9 +1,9 @@
 """Steps a resumed run does not repeat.
 
-A retrain suspended for approval is rescheduled from the start when the form is submitted;
-every step keyed by this policy then reads its persisted result instead of running again.
-The key is the flow run, the task's code and its inputs except the prepared data (large,
-and fixed by the run's config).
+A run suspended for approval (flows/approve_candidate.py) is rescheduled from the start when
+the form is submitted; every step keyed by this policy then reads its persisted result
+instead of running again. The key is the flow run, the task's code and its inputs, except
+one named `data` (prepared data: large, and fixed by the run's config).
 """
 
 from __future__ import annotations

@@ -88,6 +88,17 @@ def test_the_rollout_steps_on_an_interval_one_step_at_a_time(deployed):
     assert retrain == "rollout-start/rollout-start"
 
 
+def test_the_approval_waits_outside_the_retrains_concurrency_limit(deployed):
+    found = {d.name: d for d in read(lambda c: c.read_deployments())}
+    approval = found["approve-candidate"]
+    assert approval.global_concurrency_limit is None and approval.work_queue_name == "approval"
+    assert not approval.schedules  # started by weekly-retrain for each candidate
+    for name in ("weekly-retrain", "weekly-retrain-gpu"):
+        retrain = found[name].parameters["approval_deployment"]
+        assert retrain == "approve-candidate/approve-candidate"
+    assert found["weekly-retrain"].global_concurrency_limit.limit == 1
+
+
 def test_the_gpu_retrain_renders_a_one_gpu_job(deployed):
     found = read(lambda c: c.read_deployments())
     (gpu,) = [d for d in found if d.name == "weekly-retrain-gpu"]

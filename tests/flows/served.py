@@ -7,12 +7,17 @@ import time
 from pathlib import Path
 
 import yaml
-from prefect import flow, task
+from prefect import flow, serve, task
 from prefect.cli.deploy._triggers import _initialize_deployment_triggers
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
 from flows.approval import request_approval
+from flows.approve_candidate import approve_candidate
+from flows.retrain import APPROVAL_DEPLOYMENT
+from registry import open_store
+from tasks.approval import start_approval
 from tasks.resume import once_per_run
+from tests.registry.approvals import gated_candidate
 
 SUMMARY = "### Approve dieguard-test version 7\n\nescape rate 0.42 %, FPR 11.3 %"
 
@@ -36,19 +41,50 @@ def suspendable_approval(marker: str, approval_timeout_s: int = 600) -> dict:
 
 
 @flow(name="weekly-retrain")
-def held_retrain(release: str = "", timeout_s: float = 300) -> None:
-    """A stand-in retrain that runs until the file `release` exists ("": ends at once)."""
+def held_retrain(
+    release: str = "",
+    timeout_s: float = 300,
+    tracking_uri: str = "",
+    model_name: str = "dieguard-test",
+    approval_timeout_s: int = 600,
+) -> None:
+    """A stand-in retrain that runs until the file `release` exists ("": ends at once).
+
+    With `tracking_uri` it first registers a candidate there (no training: a version with
+    the lineage the retrain leaves, alias challenger) and starts its approval run, as the
+    retrain does from a deployment (the real task and the real approve-candidate flow)."""
+    if tracking_uri:
+        store = open_store(tracking_uri)
+        version = gated_candidate(store.client, model_name, f"{store.artifact_root}/candidate")
+        start_approval(
+            APPROVAL_DEPLOYMENT, model_name, tracking_uri, version, approval_timeout_s, ""
+        )
     deadline = time.monotonic() + timeout_s
     while release and not Path(release).exists() and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
+def weekly_retrain_spec() -> dict:
+    """The `weekly-retrain` deployment as prefect.yaml declares it."""
+    project = yaml.safe_load(Path("prefect.yaml").read_text())
+    return next(d for d in project["deployments"] if d["name"] == "weekly-retrain")
+
+
 def serve_weekly_retrain() -> None:
     """Serve the stand-in with the triggers and concurrency limit prefect.yaml declares."""
-    project = yaml.safe_load(Path("prefect.yaml").read_text())
-    spec = next(d for d in project["deployments"] if d["name"] == "weekly-retrain")
+    spec = weekly_retrain_spec()
     held_retrain.serve(
         "weekly-retrain",
         triggers=_initialize_deployment_triggers("weekly-retrain", spec["triggers"]),
         global_limit=ConcurrencyLimitConfig(**spec["concurrency_limit"]),
+    )
+
+
+def serve_retrain_and_approval() -> None:
+    """Serve the stand-in retrain with prefect.yaml's concurrency limit, and the real
+    approve-candidate flow as its deployment."""
+    limit = ConcurrencyLimitConfig(**weekly_retrain_spec()["concurrency_limit"])
+    serve(
+        held_retrain.to_deployment("weekly-retrain", concurrency_limit=limit),
+        approve_candidate.to_deployment(APPROVAL_DEPLOYMENT.split("/")[1]),
     )

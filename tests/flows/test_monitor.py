@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -84,6 +85,7 @@ def site(tiny_data, tmp_path_factory):
 
 
 def run_monitor(site, tmp_path, now, history_url=None, **where):
+    where.setdefault("tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}")  # keeps the reports
     state = monitor(
         log_url=site["url"],
         image_store=site["images"],
@@ -140,13 +142,28 @@ def test_a_clean_hour_publishes_reports_and_starts_nothing(site, tmp_path):
     assert {"monitor-checks", "drift-process", "drift-images", "drift-notes"} <= set(found)
     table = found["monitor-checks"].data
     assert "| process |" in table and "escape rate" in table
-    link = found["drift-process"].data  # [file:///.../process.html](file:///...)
-    assert link.startswith("[file://") and "process.html" in link
+    assert_reports_kept_in_mlflow(result, found, tmp_path / "mlflow.db")
     history = History(site["url"])
     assert [c["flagged"] for c in history.series("drift_process")] == [False]
     assert {"escape_rate", "fpr", "latency_p99_ms", "drift_notes"} <= set(history.metrics())
     history.close()
     assert drift_events() == []
+
+
+def assert_reports_kept_in_mlflow(result: dict, found: dict, db: Path) -> None:
+    """Each report is a copy in the check's MLflow run, and its Prefect artifact links it."""
+    client = open_store(f"sqlite:///{db}").client
+    experiment = client.get_experiment_by_name("dieguard-monitoring")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == f"monitor-{NOW:%Y-%m-%dT%H:%MZ}" and run.info.status == "FINISHED"
+    links = result["logged_reports"]
+    assert set(links) == set(result["reports"]) == {"process", "images", "notes"}
+    for name, local in result["reports"].items():
+        assert links[name] == f"{run.info.artifact_uri}/{name}/{Path(local).name}"
+        kept = Path(links[name].removeprefix("file://"))
+        assert kept.is_relative_to(db.parent / "artifacts" / "dieguard-monitoring")
+        assert kept.read_bytes() == Path(local).read_bytes()
+        assert found[f"drift-{name}"].data == f"[{links[name]}]({links[name]})"
 
 
 def test_sustained_drift_emits_one_event_per_episode(site, tmp_path):

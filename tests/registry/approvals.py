@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 from registry import CHALLENGER, install_first, record_approval
 from registry.servable import GATE_TAG
+
+TEST_FIGURES = {  # a candidate's test figures as the retrain registers them
+    "escape": {"rate": 0.0042, "lo": 0.0005, "hi": 0.0150, "k": 2, "n": 480},
+    "fpr": {"rate": 0.113, "lo": 0.105, "hi": 0.121, "k": 610, "n": 5400},
+    "macro_f1": 0.64,
+}
 
 
 def make_servable(client, model_name: str, version: str | int, approver: str = "qe.lin") -> None:
@@ -22,3 +30,18 @@ def champion_and_challenger(client, model_name: str, source: str) -> None:
     install_first(client, model_name, "1", "the CNN in production")
     make_servable(client, model_name, "2")
     client.set_registered_model_alias(model_name, CHALLENGER, "2")
+
+
+def gated_candidate(client, model_name: str, source: str) -> str:
+    """Register a version as the retrain leaves its candidate: a passed gate verdict, its
+    test figures and evaluation report in the lineage, alias challenger, no decision yet."""
+    version = str(client.create_model_version(model_name, source=source).version)
+    lineage = {
+        GATE_TAG: '{"passed":true}',
+        "lineage.test_figures": json.dumps(TEST_FIGURES),
+        "lineage.evaluation_report": f"runs:/run-{version}/evaluation/evaluation.html",
+    }
+    for key, value in lineage.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    return version
