@@ -218,7 +218,12 @@ def test_bad_data_is_quarantined_and_stops_the_run(tiny_data, registry_copy, tmp
     assert list(data.rglob("QUARANTINE*"))
 
 
-def paused_run(timeout_s: float = 600):
+# A whole smoke retrain runs before the pause: minutes on two busy cores, so the waits are
+# generous; they only bound a run that never pauses or never ends.
+RUN_WAIT_S = 1200
+
+
+def paused_run(timeout_s: float = RUN_WAIT_S):
     """The first flow run seen in the Paused state."""
     paused = FlowRunFilter(
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
@@ -254,7 +259,7 @@ def run_until_decided(tiny_data, uri, out, form: dict) -> dict:
     run = paused_run()
     assert_the_ui_shows_the_approval_form(run)
     resume_flow_run(run.id, run_input=form)
-    thread.join(timeout=600)
+    thread.join(timeout=RUN_WAIT_S)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
