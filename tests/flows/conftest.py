@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.worker import EventsWorker
-from prefect.settings import temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_LOCAL_STORAGE_PATH,
+    PREFECT_LOGGING_TO_API_ENABLED,
+    temporary_settings,
+)
 
 from service.embedded import answers_ok
 from tests.conftest import free_port
@@ -62,10 +67,14 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout_s: floa
 
 
 @contextmanager
-def serving(code: str, api_url: str, folder: Path):
-    """Run `code` (a `flow.serve` call) in a child process against the server at `api_url`."""
+def serving(code: str, prefect_ui: str, folder: Path):
+    """Run `code` (a `flow.serve` call) in a child process against the server at `prefect_ui`.
+
+    Yields the client settings for that server, with results stored in `folder`.
+    """
+    api = f"{prefect_ui}/api"
     env = os.environ | {
-        "PREFECT_API_URL": api_url,
+        "PREFECT_API_URL": api,
         "PREFECT_LOCAL_STORAGE_PATH": str(folder),
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PYTHONPATH": str(Path.cwd()),
@@ -73,7 +82,8 @@ def serving(code: str, api_url: str, folder: Path):
     log = (folder / "runner.log").open("w")
     runner = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log)
     try:
-        yield runner
+        yield {PREFECT_API_URL: api, PREFECT_LOCAL_STORAGE_PATH: folder,
+               PREFECT_LOGGING_TO_API_ENABLED: False}  # fmt: skip
     finally:
         runner.terminate()
         runner.wait(timeout=30)

@@ -18,9 +18,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_LOCAL_STORAGE_PATH,
-    PREFECT_LOGGING_TO_API_ENABLED,
     temporary_settings,
 )
 
@@ -49,12 +46,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(prefect_ui, tmp_path_factory):
     """The stand-in retrain and the real approval flow, served from a child process."""
-    storage = tmp_path_factory.mktemp("results")
-    api = f"{prefect_ui}/api"
     code = "from tests.flows.served import serve_retrain_and_approval as s; s()"
-    settings = {PREFECT_API_URL: api, PREFECT_LOCAL_STORAGE_PATH: storage,
-                PREFECT_LOGGING_TO_API_ENABLED: False}  # fmt: skip
-    with serving(code, api, storage):
+    with serving(code, prefect_ui, tmp_path_factory.mktemp("results")) as settings:
         yield settings
 
 

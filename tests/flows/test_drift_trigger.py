@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
-from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.monitor import SUSTAINED_EVENT
 from tests.flows.conftest import in_thread, serving, wait_for
@@ -27,11 +27,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def served(prefect_ui, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runner")
-    api = f"{prefect_ui}/api"
     code = "from tests.flows.served import serve_weekly_retrain; serve_weekly_retrain()"
-    with serving(code, api, folder):
-        yield prefect_ui, {PREFECT_API_URL: api, PREFECT_LOGGING_TO_API_ENABLED: False}
+    with serving(code, prefect_ui, tmp_path_factory.mktemp("runner")) as settings:
+        yield prefect_ui, settings
 
 
 def sustained_drift(settings: dict) -> None:

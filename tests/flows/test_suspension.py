@@ -15,9 +15,6 @@ from pathlib import Path
 import pytest
 from prefect.deployments import run_deployment
 from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_LOCAL_STORAGE_PATH,
-    PREFECT_LOGGING_TO_API_ENABLED,
     temporary_settings,
 )
 
@@ -32,12 +29,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(prefect_ui, tmp_path_factory):
     """The flow served from a child process; yields the UI's URL and the client settings."""
-    storage = tmp_path_factory.mktemp("results")
-    api = f"{prefect_ui}/api"
     code = "from tests.flows.served import suspendable_approval as f; f.serve('suspendable')"
-    settings = {PREFECT_API_URL: api, PREFECT_LOCAL_STORAGE_PATH: storage,
-                PREFECT_LOGGING_TO_API_ENABLED: False}  # fmt: skip
-    with serving(code, api, storage):
+    with serving(code, prefect_ui, tmp_path_factory.mktemp("results")) as settings:
         yield prefect_ui, settings
 
 
