@@ -143,6 +143,7 @@ class RegistryWatcher:
         self.bundles = config.state_dir / "bundles" / config.model_name
         self._store = None
         self._task: asyncio.Task | None = None
+        self._syncing = asyncio.Lock()  # one sync at a time: the loop's and an admin's
         self._rollout: dict | None = None  # the registry's rollout state at the last sync
         self.fallback: str | None = None  # why a last-good bundle is served, when it is
 
@@ -200,7 +201,14 @@ class RegistryWatcher:
             await self.sync_reporting()
 
     async def sync_reporting(self) -> None:
-        """sync(), keeping the current models and recording the error when it fails."""
+        """sync(), keeping the current models and recording the error when it fails.
+
+        Syncs take turns: one that read the routing before an admin changed it would
+        otherwise unload the candidate the admin's sync had just loaded."""
+        async with self._syncing:
+            await self._sync_reporting()
+
+    async def _sync_reporting(self) -> None:
         try:
             await self.sync()
             self.pool.last_error, self.fallback = None, None
