@@ -23,6 +23,9 @@ from flows.approval_deadlines import approval_deadlines
 from tests.flows.conftest import in_thread, serving, wait_for
 
 DEPLOYMENT = "suspendable-approval/suspendable"
+# The serving process imports the flows (torch, MLflow) before it registers them: minutes on
+# two busy cores. The bound is for a runner that never registers its deployments.
+RUNNER_START_S = 600
 pytestmark = pytest.mark.slow
 
 
@@ -39,7 +42,7 @@ def start(settings: dict, deployment: str = DEPLOYMENT, **parameters) -> str:
 
     def go():
         with temporary_settings(settings):
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + RUNNER_START_S
             while True:
                 try:
                     return str(run_deployment(deployment, parameters=parameters, timeout=0).id)
