@@ -58,7 +58,14 @@ def prefect_ui(tmp_path_factory) -> str:
         log.close()
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+# Minutes on two busy cores (niced, beside a training job): the bound is for a server that
+# never answers, not for how fast a loaded machine starts one.
+SERVER_START_S = 600
+
+
+def _wait_healthy(
+    url: str, server: subprocess.Popen, log: Path, timeout_s: float = SERVER_START_S
+) -> None:
     if answers_ok(f"{url}/api/health", timeout_s, 1.0, alive=lambda: server.poll() is None):
         return
     if server.poll() is not None:

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 import yaml
-from prefect import flow, serve, task
+from prefect import Flow, flow, serve, task
 from prefect.cli.deploy._triggers import _initialize_deployment_triggers
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
 from flows.approval import request_approval
 from flows.approve_candidate import approve_candidate
-from flows.retrain import APPROVAL_DEPLOYMENT
+from flows.retrain import APPROVAL_DEPLOYMENT, retrain
 from registry import open_store
 from tasks.approval import start_approval
 from tasks.resume import once_per_run
@@ -80,11 +80,16 @@ def serve_weekly_retrain() -> None:
     )
 
 
-def serve_retrain_and_approval() -> None:
-    """Serve the stand-in retrain with prefect.yaml's concurrency limit, and the real
-    approve-candidate flow as its deployment."""
+def serve_retrain_and_approval(retrain_flow: Flow = held_retrain) -> None:
+    """Serve a retrain (the stand-in by default) as `weekly-retrain` with prefect.yaml's
+    concurrency limit, and the real approve-candidate flow as its deployment."""
     limit = ConcurrencyLimitConfig(**weekly_retrain_spec()["concurrency_limit"])
     serve(
-        held_retrain.to_deployment("weekly-retrain", concurrency_limit=limit),
+        retrain_flow.to_deployment("weekly-retrain", concurrency_limit=limit),
         approve_candidate.to_deployment(APPROVAL_DEPLOYMENT.split("/")[1]),
     )
+
+
+def serve_real_retrain_and_approval() -> None:
+    """Serve the real retrain flow (it trains) and the real approve-candidate flow."""
+    serve_retrain_and_approval(retrain)

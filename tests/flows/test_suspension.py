@@ -23,6 +23,9 @@ from flows.approval_deadlines import approval_deadlines
 from tests.flows.conftest import in_thread, serving, wait_for
 
 DEPLOYMENT = "suspendable-approval/suspendable"
+# The serving process imports the flows (torch, MLflow) before it registers them: minutes on
+# two busy cores. The bound is for a runner that never registers its deployments.
+RUNNER_START_S = 600
 pytestmark = pytest.mark.slow
 
 
@@ -39,7 +42,7 @@ def start(settings: dict, deployment: str = DEPLOYMENT, **parameters) -> str:
 
     def go():
         with temporary_settings(settings):
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + RUNNER_START_S
             while True:
                 try:
                     return str(run_deployment(deployment, parameters=parameters, timeout=0).id)
@@ -71,6 +74,37 @@ def processes_of(run_id: str) -> list[int]:
     return found
 
 
+def processes_once_settled(run_id: str, timeout_s: float = 30) -> list[int]:
+    """The run's processes, once its process has had time to exit after a suspension."""
+    deadline = time.monotonic() + timeout_s
+    while processes_of(run_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return processes_of(run_id)
+
+
+def approve_in_the_ui(
+    browser, ui: str, settings: dict, run_id: str, heading: str, approver: str, reason: str
+):
+    """Open the suspended run in the Prefect UI, tick approve and every checklist item, sign
+    the form and submit it; the run's final state."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{ui}/runs/flow-run/{run_id}")
+        page.get_by_role("button", name="Resume").first.click(timeout=60_000)
+        form = page.get_by_role("dialog")
+        form.get_by_text(heading).wait_for(timeout=30_000)
+        switches = form.get_by_role("switch")
+        for i in range(switches.count()):  # approve and the three checklist items
+            switches.nth(i).click()
+        approver_box, reason_box = form.locator("textarea").all()
+        approver_box.fill(approver)
+        reason_box.fill(reason)
+        form.get_by_role("button", name="Submit").click()
+        return wait_for(settings, run_id, finished)  # the page stays open meanwhile
+    finally:
+        page.close()
+
+
 def suspended(state) -> bool:
     return state.name == "Suspended"
 
@@ -84,26 +118,11 @@ def test_a_suspended_run_holds_no_process_and_resumes_from_the_ui(served, browse
     marker = tmp_path / "runs.txt"
     run_id = start(settings, marker=str(marker))
     wait_for(settings, run_id, suspended)
-    deadline = time.monotonic() + 30
-    while processes_of(run_id) and time.monotonic() < deadline:
-        time.sleep(0.5)  # the run's process exits right after the suspension
-    assert processes_of(run_id) == []
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    try:
-        page.goto(f"{ui}/runs/flow-run/{run_id}")
-        page.get_by_role("button", name="Resume").first.click(timeout=60_000)
-        form = page.get_by_role("dialog")
-        form.get_by_text("Approve dieguard-test version 7").wait_for(timeout=30_000)
-        switches = form.get_by_role("switch")
-        for i in range(switches.count()):  # approve and the three checklist items
-            switches.nth(i).click()
-        approver, reason = form.locator("textarea").all()
-        approver.fill("q.engineer")
-        reason.fill("figures hold on every fab")
-        form.get_by_role("button", name="Submit").click()
-        state = wait_for(settings, run_id, finished)
-    finally:
-        page.close()
+    assert processes_once_settled(run_id) == []
+    heading = "Approve dieguard-test version 7"
+    state = approve_in_the_ui(
+        browser, ui, settings, run_id, heading, "q.engineer", "figures hold on every fab"
+    )
     assert state.is_completed(), state.message
     outcome = result(settings, state)
     assert outcome["approved"] and outcome["approver"] == "q.engineer"
