@@ -206,16 +206,13 @@ class RegistryWatcher:
         Syncs take turns: one that read the routing before an admin changed it would
         otherwise unload the candidate the admin's sync had just loaded."""
         async with self._syncing:
-            await self._sync_reporting()
-
-    async def _sync_reporting(self) -> None:
-        try:
-            await self.sync()
-            self.pool.last_error, self.fallback = None, None
-            await asyncio.to_thread(self._remember_champion)
-        except Exception as err:  # registry down, bundle altered: keep serving what we have
-            self.pool.last_error = f"model reload failed: {type(err).__name__}: {err}"
-            log.warning(self.pool.last_error)
+            try:
+                await self.sync()
+                self.pool.last_error, self.fallback = None, None
+                await asyncio.to_thread(self._remember_champion)
+            except Exception as err:  # registry down, bundle altered: keep serving what we have
+                self.pool.last_error = f"model reload failed: {type(err).__name__}: {err}"
+                log.warning(self.pool.last_error)
 
     async def load_last_good(self) -> bool:
         """Serve the last champion this pod loaded from the registry, verified again, when

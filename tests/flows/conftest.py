@@ -58,9 +58,11 @@ def prefect_ui(tmp_path_factory) -> str:
         log.close()
 
 
-# Minutes on two busy cores (niced, beside a training job): the bound is for a server that
-# never answers, not for how fast a loaded machine starts one.
+# Minutes on two busy cores (niced, beside a training job): the bounds are for a server that
+# never answers and a runner that never registers its deployments (it imports the flows,
+# torch and MLflow, first), not for how fast a loaded machine starts them.
 SERVER_START_S = 600
+RUNNER_START_S = 600
 
 
 def _wait_healthy(

@@ -20,12 +20,9 @@ from prefect.settings import (
 
 from flows.approval import TIMEOUT_APPROVER
 from flows.approval_deadlines import approval_deadlines
-from tests.flows.conftest import in_thread, serving, wait_for
+from tests.flows.conftest import RUNNER_START_S, in_thread, serving, wait_for
 
 DEPLOYMENT = "suspendable-approval/suspendable"
-# The serving process imports the flows (torch, MLflow) before it registers them: minutes on
-# two busy cores. The bound is for a runner that never registers its deployments.
-RUNNER_START_S = 600
 pytestmark = pytest.mark.slow
 
 
