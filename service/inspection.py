@@ -18,7 +18,7 @@ import uuid
 
 from registry import CHAMPION
 from service.attribution import batched_attribution
-from service.batcher import DeadlineError, OverloadedError
+from service.batcher import BatcherClosedError, DeadlineError, OverloadedError
 from service.engine import DieOutput
 from service.explain import anomalous_parameters, explain, overlay_base64
 from service.models import CANDIDATE
@@ -26,6 +26,9 @@ from service.records import DieInput
 from service.state import ServiceState
 
 log = logging.getLogger("dieguard.service")
+
+
+SWAP_RETRIES = 2  # a die caught by a model swap is decided again on the new model, this often
 
 
 class NoModelError(RuntimeError):
@@ -44,31 +47,20 @@ async def inspect(state: ServiceState, die: DieInput, timeout_s: float) -> dict:
         StorageError, or what the champion raised on this die.
     """
     start = time.perf_counter()
-    champion = state.pool.get(CHAMPION)
-    if champion is None:
-        raise NoModelError(state.pool.last_error or "no champion model is loaded yet")
-    candidate = state.pool.get(CANDIDATE) if state.pool.wants_candidate() else None
-    route = state.pool.routing.mode if candidate else "off"
-    deciding = state.pool.routing.deciding_role(die.die_id) if candidate else CHAMPION
-    models = {CHAMPION: champion, **({CANDIDATE: candidate} if candidate else {})}
+    _champion(state)  # refused before anything is stored
     image = asyncio.ensure_future(asyncio.to_thread(_store_image, state, die))
     image.add_done_callback(_consume)  # a refused die leaves at most an unreferenced image
-    try:
-        output = await models[deciding].batcher.submit(die, timeout_s)
-    except Exception as err:
-        if deciding == CHAMPION or isinstance(err, OverloadedError | DeadlineError):
-            raise
-        log.exception("the candidate failed on %s; the champion decides", die.die_id)
-        del models[deciding]  # nothing of it to log
-        deciding = CHAMPION
-        output = await champion.batcher.submit(die, timeout_s - (time.perf_counter() - start))
+    for attempt in range(SWAP_RETRIES + 1):
+        try:
+            route, models, deciding, output, anomalies, shares = await _decide(
+                state, die, timeout_s - (time.perf_counter() - start)
+            )
+            break
+        except BatcherClosedError:  # a model was swapped under the die: decide on the new one
+            if attempt == SWAP_RETRIES:
+                raise
+            log.info("a model was replaced while %s was inspected; deciding again", die.die_id)
     decisions = [output.decision]
-    model = models[deciding]
-    anomalies = anomalous_parameters(die.process, model.engine.scaler, state.config.anomaly_sigma)
-    remaining = timeout_s - (time.perf_counter() - start)
-    shares = await batched_attribution(
-        model.batcher, model.engine, die, output, anomalies, remaining
-    )
     image_ref = await image
     body = response_body(die, output, anomalies, shares)
     body |= {"route": route, "decided_by": deciding, "inspection_id": uuid.uuid4().hex}
@@ -79,6 +71,41 @@ async def inspect(state: ServiceState, die: DieInput, timeout_s: float) -> dict:
     if others:  # the inspection is stored: their decisions are added to it
         state.shadows.score(die, body["inspection_id"], others)
     return body
+
+
+async def _decide(state: ServiceState, die: DieInput, timeout_s: float):
+    """Route the die, run the deciding model, explain its decision: (route, the models routed,
+    the deciding role, its output, the anomalous parameters, their attribution shares)."""
+    start = time.perf_counter()
+    champion = _champion(state)
+    candidate = state.pool.get(CANDIDATE) if state.pool.wants_candidate() else None
+    route = state.pool.routing.mode if candidate else "off"
+    deciding = state.pool.routing.deciding_role(die.die_id) if candidate else CHAMPION
+    models = {CHAMPION: champion, **({CANDIDATE: candidate} if candidate else {})}
+    try:
+        output = await models[deciding].batcher.submit(die, timeout_s)
+    except Exception as err:
+        if deciding == CHAMPION or isinstance(err, OverloadedError | DeadlineError):
+            raise
+        log.exception("the candidate failed on %s; the champion decides", die.die_id)
+        del models[deciding]  # nothing of it to log
+        deciding = CHAMPION
+        output = await champion.batcher.submit(die, timeout_s - (time.perf_counter() - start))
+    model = models[deciding]
+    anomalies = anomalous_parameters(die.process, model.engine.scaler, state.config.anomaly_sigma)
+    remaining = timeout_s - (time.perf_counter() - start)
+    shares = await batched_attribution(
+        model.batcher, model.engine, die, output, anomalies, remaining
+    )
+    return route, models, deciding, output, anomalies, shares
+
+
+def _champion(state: ServiceState):
+    """The loaded champion; NoModelError when there is none."""
+    champion = state.pool.get(CHAMPION)
+    if champion is None:
+        raise NoModelError(state.pool.last_error or "no champion model is loaded yet")
+    return champion
 
 
 def _store_image(state: ServiceState, die: DieInput) -> str:

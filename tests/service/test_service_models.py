@@ -45,6 +45,37 @@ def test_a_moved_champion_alias_is_served_without_restart(own_service, service_b
     assert ready["models"]["champion"]["version"] == "2"
 
 
+def test_dies_in_flight_while_the_champion_is_replaced_are_all_answered(
+    own_service, service_bundle, dies
+):
+    answers, stop = [], threading.Event()
+
+    def station(offset: int) -> None:
+        data = dies[offset:] + dies[:offset]
+        while not stop.is_set():
+            for die in data[:8]:
+                form, files = die.form()
+                with own_service.client("station") as client:
+                    response = client.post("/api/v1/inspect", data=form, files=files)
+                answers.append((response.status_code, response.json().get("model_version")))
+
+    stations = [threading.Thread(target=station, args=(i,)) for i in range(3)]
+    for thread in stations:
+        thread.start()
+    try:
+        for version, threshold in (("2", 0.0), ("3", 1.0)):
+            dest = own_service.config.state_dir.parent / version
+            folder = variant(service_bundle, dest, threshold)
+            assert register_bundle(own_service.tracking_uri, folder) == version
+            wait_for(lambda v=version: answers and answers[-1][1] == v, timeout_s=60)
+    finally:
+        stop.set()
+        for thread in stations:
+            thread.join()
+    assert {code for code, _ in answers} == {200}, [a for a in answers if a[0] != 200][:3]
+    assert {"1", "2", "3"} <= {version for _, version in answers}
+
+
 def test_shadow_mode_logs_both_decisions_and_the_champion_decides(
     own_service, service_bundle, dies
 ):
