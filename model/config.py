@@ -33,7 +33,9 @@ class ModelConfig:
     vit_heads: int = 3
     conv_stem: bool = True  # convolutional patch embedding (False: the plain linear one)
     golden_reference: bool = False  # add each die's difference from its fab's golden die
-    reference_shift: int = 3  # pixels of misalignment the golden-die match searches
+    # stage misalignment the golden-die match searches, in pixels of the contract's 256 px
+    # images (a randomized fab misaligns by up to 6)
+    reference_shift: int = 8
     process_dim: int = 48
     process_tokens: str = "per_parameter"  # or "single" (one projected token, as in the seed)
     vocab_size: int = 2000  # note tokenizer vocabulary (at most 10,000)

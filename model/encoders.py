@@ -5,6 +5,8 @@ Each encoder maps its raw input to a sequence of `embed_dim` tokens; fusion happ
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
@@ -13,7 +15,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.reference import GoldenReference
-from model.schema import FABS
+from model.schema import FABS, IMAGE_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +45,8 @@ class ImageEncoder(nn.Module):
         self.reference = self.peaks = None
         channels = 3
         if cfg.golden_reference:
-            self.reference = GoldenReference(len(FABS), cfg.img_size, cfg.reference_shift)
+            shift = math.ceil(cfg.reference_shift * cfg.img_size / IMAGE_SIZE)
+            self.reference = GoldenReference(len(FABS), cfg.img_size, shift)
             self.peaks = ResidualPeaks(cfg.patch_size * cfg.encoder_stride, cfg.embed_dim)
             channels = 6  # the standardised image and its difference from the golden die
         self.stride = cfg.encoder_stride

@@ -3,10 +3,13 @@
 Every fab makes one product, so every good die of a fab shows the same layout up to a
 shift of a few pixels, the light and the optics. Inspection tools compare each die with a
 golden (reference) die; so does this module: one template per fab, fitted as the median of
-aligned, standardised good training dies. At run time each image is standardised, every
-window of it within the search shift is matched against every template's centre (one
-convolution with constant kernels, so it exports to ONNX at any opset), and the best-matching
-window has its template subtracted. Good dies still differ from the template where the
+aligned, standardised good training dies. At run time each image is standardised, the
+central patch of every template is matched against every window of the image within the
+search shift (one convolution with constant kernels, so it exports to ONNX at any opset),
+and the image, moved by the best match, has its template subtracted. The search covers a
+fab's stage misalignment (several pixels on some tools); matching a central patch keeps a
+wide search as cheap as a narrow one, and the comparison still covers the whole die but for
+the strip the shift moved out of view. Good dies still differ from the template where the
 layout has edges (sub-pixel misalignment, blur, light), so the residual is divided, pixel by
 pixel, by its spread over other good dies of the fab: a particle, a scratch or a broken line
 stands out of the flat residual where it hides in the busy layout, and the layout's edges
@@ -24,6 +27,7 @@ from torch import nn
 EPS = 1e-3
 MIN_SPREAD = 0.05  # floor of the residual's spread, in standardised units
 MAD_TO_SIGMA = 1.4826
+MATCH_SIZE = 128  # side of the template's central patch that the alignment matches
 
 
 class GoldenReference(nn.Module):
@@ -34,27 +38,32 @@ class GoldenReference(nn.Module):
     both stay within the range a network learns from.
     """
 
-    def __init__(self, num_templates: int, img_size: int, max_shift: int = 2) -> None:
+    def __init__(self, num_templates: int, img_size: int, max_shift: int = 8) -> None:
         super().__init__()
         self.max_shift = max_shift
-        self.size = img_size  # a Python int: the exporters see constant slices
+        self.size = img_size  # Python ints: the exporters see constant slices
+        self.match = min(MATCH_SIZE, img_size - 2 * max_shift)
         self.register_buffer("templates", torch.zeros(num_templates, 3, img_size, img_size))
         self.register_buffer("spreads", torch.ones(num_templates, 3, img_size, img_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = standardize(images)
-        s = self.max_shift
-        B, C, H, W = x.shape[0], x.shape[1], self.size, self.size
-        h, w = H - 2 * s, W - 2 * s
-        centre = self._centre(self.templates)  # K, 3, h, w
-        k, dy, dx = self._best_window(x, centre)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        window = x.gather(2, rows.expand(B, C, h, W)).gather(3, cols.expand(B, C, h, w))
-        spread = self._centre(self.spreads).index_select(0, k)
-        residual = (window - centre.index_select(0, k)) / spread  # in the template's frame
-        residual = signed_log(residual)  # linear near zero, logarithmic for strong defects
-        return torch.cat([x, F.pad(residual, (s, s, s, s))], dim=1)
+        s, n = self.max_shift, self.size
+        B, C = x.shape[0], x.shape[1]
+        k, dy, dx = self._best_window(x, self.templates)
+        # the image moved onto its template's grid: row i of the template faces row
+        # i + dy - s of the image; rows moved in from outside the image are masked out
+        rows = dy[:, None] + torch.arange(n, device=x.device) - s  # B, n
+        cols = dx[:, None] + torch.arange(n, device=x.device) - s
+        padded = F.pad(x, (s, s, s, s), mode="replicate")
+        window = padded.gather(2, (rows + s)[:, None, :, None].expand(B, C, n, n + 2 * s))
+        window = window.gather(3, (cols + s)[:, None, None, :].expand(B, C, n, n))
+        inside = ((rows >= 0) & (rows < n))[:, None, :, None] & ((cols >= 0) & (cols < n))[
+            :, None, None, :
+        ]
+        residual = (window - self.templates.index_select(0, k)) / self.spreads.index_select(0, k)
+        residual = signed_log(residual) * inside  # linear near zero, logarithmic when strong
+        return torch.cat([x, residual], dim=1)
 
     @torch.no_grad()
     def fit(self, images: np.ndarray, groups: np.ndarray, per_group: int = 200, rounds: int = 2):
@@ -82,26 +91,24 @@ class GoldenReference(nn.Module):
             self.templates[k] = template.to(self.templates.device)
             self.spreads[k] = spread.clamp_min(MIN_SPREAD).to(self.spreads.device)
 
-    def _centre(self, templates: torch.Tensor) -> torch.Tensor:
-        """Templates (K, 3, H, W) without their search margin: (K, 3, H - 2s, W - 2s)."""
-        s = self.max_shift
-        return templates[:, :, s : self.size - s, s : self.size - s]
+    def _best_window(self, x: torch.Tensor, templates: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per image, the template (k) and shift (dy, dx, each in [0, 2s]) that match best.
 
-    def _best_window(self, x: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per image, the template (k) and window offset (dy, dx) that match best (B each).
-
-        Matched in grey (the channels' mean): alignment is geometry, and one channel is a
-        third of the work.
+        The templates' central patch is matched in grey (the channels' mean): alignment is
+        geometry, and one channel is a third of the work.
         """
-        n = 2 * self.max_shift + 1
-        grey, centre = x.mean(dim=1, keepdim=True), centre.mean(dim=1, keepdim=True)
-        scores = F.conv2d(grey, centre)  # B, K, n, n: every template against every window
+        s, m = self.max_shift, self.match
+        a = (self.size - m) // 2  # the patch's first row and column in the template
+        patch = templates[:, :, a : a + m, a : a + m].mean(dim=1, keepdim=True)
+        grey = x[:, :, a - s : a + m + s, a - s : a + m + s].mean(dim=1, keepdim=True)
+        scores = F.conv2d(grey, patch)  # B, K, n, n: every template against every shift
+        n = 2 * s + 1
         best = scores.flatten(1).argmax(dim=1)
         return best // (n * n), best // n % n, best % n
 
     def _aligned(self, x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
         """Each image shifted (wrapping) onto the template's grid."""
-        _, dy, dx = self._best_window(x, self._centre(template[None]))
+        _, dy, dx = self._best_window(x, template[None])
         s = self.max_shift
         return torch.stack(
             [

@@ -32,6 +32,18 @@ def test_a_shifted_good_die_leaves_no_residual_inside_the_search_window():
         assert out[:, 3:, 2:-2, 2:-2].abs().max() < 1e-4
 
 
+def test_a_die_misaligned_by_several_pixels_is_compared_over_the_whole_die():
+    size = 64
+    ref = GoldenReference(num_templates=1, img_size=size, max_shift=8)
+    template = layout(2, size)
+    images = (template[None].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    ref.fit(images, np.zeros(1, dtype=int), per_group=1)
+    die = ref.templates.new_tensor(images[0]).permute(2, 0, 1)[None] / 255.0
+    out = ref(die.roll((6, -5), dims=(2, 3)))[0, 3:]  # a stage 6 px down, 5 px left
+    assert out[:, : size - 6, 5:].abs().max() < 1e-4  # the layout cancels everywhere it is seen
+    assert out[:, size - 6 :].abs().max() == 0 and out[:, :, :5].abs().max() == 0  # moved in
+
+
 def test_a_particle_stands_out_of_the_residual_where_it_is():
     ref = fitted()
     die = layout(1).clone()
