@@ -83,6 +83,9 @@ class TrainConfig:
     lambda_image: float = 0.5  # focal loss on the image tokens alone (deep supervision)
     temperature: float = 0.1
     note_dropout: float = 0.2
+    # share of training dies whose process parameters are shuffled among themselves
+    # (model.data.shuffle_parameters): deviations are then learnt by size, not only by name
+    process_shuffle: float = 0.0
     # stage2_epochs and baseline_epochs are maxima: training stops `patience` epochs after the
     # validation FPR at the escape target last fell by at least `min_delta`, and after every
     # `lr_patience` of them it restarts from the best weights at `lr_decay` times the rate.
@@ -94,6 +97,9 @@ class TrainConfig:
     # many epochs (0: the raw weights): the calibrated FPR then moves less from epoch to epoch.
     average_epochs: float = 1.0
     escape_target: float = 0.005
+    # share of good dies the fab's review can absorb: the final threshold goes further down,
+    # catching more, until the validation FPR reaches it (0: the escape target's threshold)
+    fpr_budget: float = 0.0
     device: str = "auto"  # auto, cpu, cuda
     bf16: bool = True  # on CUDA only
     compile: bool = False  # torch.compile on CUDA

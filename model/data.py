@@ -166,6 +166,22 @@ def augment_batch(
     return x.clamp(0.0, 1.0)
 
 
+def shuffle_parameters(
+    values: torch.Tensor, missing: torch.Tensor, share: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For about `share` of the dies, the process parameters' identities shuffled: each chosen
+    die's values and missing flags (B, P) move together under its own random permutation.
+
+    A model trained so cannot rely on which parameter is out of range alone; it has to notice
+    how far out a value is, which holds in a fab whose deviations move other parameters.
+    """
+    B, P = values.shape
+    chosen = torch.rand(B, device=values.device, generator=generator) < share
+    order = torch.rand(B, P, device=values.device, generator=generator).argsort(dim=1)
+    order = torch.where(chosen[:, None], order, torch.arange(P, device=values.device))
+    return values.gather(1, order), missing.gather(1, order)
+
+
 def random_turns(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each image (B, C, H, W) under its own random symmetry of the square (flips, turns)."""
     B = x.shape[0]  # batch size

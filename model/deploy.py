@@ -138,6 +138,7 @@ def _gate(variant, data: Prepared, reference: dict, point, batch_size: int, limi
         data.datasets["val"].labels.numpy(),
         point.threshold,
         point.escape_target,
+        point.fpr_budget,
         **limits,
     )
 

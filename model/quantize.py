@@ -254,6 +254,7 @@ def parity_gate(
     val_labels: np.ndarray,
     fp32_threshold: float,
     escape_target: float,
+    fpr_budget: float = 0.0,
     max_flip_rate: float = 0.005,
     max_escape: float = 0.01,
     max_fpr: float = 0.15,
@@ -270,12 +271,13 @@ def parity_gate(
         val_probs_int8, val_labels: validation probabilities of the INT8 model and classes.
         fp32_threshold: the FP32 model's operating threshold.
         escape_target: the validation escape target the threshold is chosen for.
+        fpr_budget: the FPR budget it was chosen with (calibrate.choose_threshold).
     Returns:
         {"passed", "checks", "threshold", "recalibrated", "operating_point", "flip_rate",
         "flip_rate_at_fp32_threshold", "escape", "fpr", "limits", ...}; rates carry counts and
         95% Clopper-Pearson bounds.
     """
-    point = _int8_point(val_probs_int8, val_labels, fp32_threshold, escape_target)
+    point = _int8_point(val_probs_int8, val_labels, fp32_threshold, escape_target, fpr_budget)
     fp32_pred = decide(fp32_probs, fp32_threshold)
     int8_pred = decide(int8_probs, point.threshold)
     same_threshold = decide(int8_probs, fp32_threshold)
@@ -301,12 +303,14 @@ def parity_gate(
     }
 
 
-def _int8_point(probs, labels, fp32_threshold: float, escape_target: float) -> OperatingPoint:
+def _int8_point(
+    probs, labels, fp32_threshold: float, escape_target: float, fpr_budget: float
+) -> OperatingPoint:
     """The FP32 threshold when it holds on validation, else one chosen for the INT8 model."""
     pred = decide(probs, fp32_threshold)
     escape = escape_rate(labels, pred)["rate"]
     if not escape <= escape_target:  # NaN: no defective validation dies, recalibrate
-        return choose_threshold(probs, labels, escape_target)
+        return choose_threshold(probs, labels, escape_target, fpr_budget)
     return OperatingPoint(
         threshold=float(fp32_threshold),
         escape_target=escape_target,
@@ -314,6 +318,7 @@ def _int8_point(probs, labels, fp32_threshold: float, escape_target: float) -> O
         val_fpr=false_positive_rate(labels, pred)["rate"],
         val_defective=int((labels != GOOD).sum()),
         val_good=int((labels == GOOD).sum()),
+        fpr_budget=fpr_budget,
     )
 
 

@@ -47,7 +47,7 @@ from model.checkpoint import (
     unwrap,
 )
 from model.config import RunConfig, load_config
-from model.data import augment_batch
+from model.data import augment_batch, shuffle_parameters
 from model.front_end import FrontEndDataset, compute_front_end
 from model.losses import MultimodalLoss, class_alpha
 from model.metrics import decide, escape_rate, false_positive_rate, macro_f1
@@ -154,6 +154,8 @@ def train_model(
         best = ddp.from_main(torch.load, folder / "best.pt", weights_only=True, map_location="cpu")
         model.load_state_dict(best)
         point = OperatingPoint(**state["best"])
+        if t.fpr_budget:  # the best epoch's validation again, its threshold within the budget
+            point = ddp.from_main(_budget_point, model, dies["val"], t)
         if ddp.is_main():
             save_trained(folder / "model.pt", model, kind, cfg, point)
     seconds = time.perf_counter() - started
@@ -296,6 +298,11 @@ def _track_best(state: dict, row: dict, model: nn.Module, folder: Path, min_delt
         state["stale"] += 1
 
 
+def _budget_point(model: nn.Module, val, t) -> OperatingPoint:
+    out = predict(model, val, batch_size=2 * t.batch_size)
+    return choose_threshold(out["probs"], out["labels"], t.escape_target, t.fpr_budget)
+
+
 def _write_history(path: Path, history: list[dict]) -> None:
     pd.DataFrame(history).to_csv(path, index=False)  # stage-1 rows lack the stage-2 terms
 
@@ -379,6 +386,10 @@ class _Epochs:
         B = len(batch["label"])  # batch size
         drop = torch.rand(B, device=self.device, generator=gen) < self.cfg.train.note_dropout
         inputs["note_mask"] = inputs["note_mask"] & ~drop[:, None]
+        if share := self.cfg.train.process_shuffle:
+            inputs["process_logs"], inputs["process_missing"] = shuffle_parameters(
+                inputs["process_logs"], inputs["process_missing"], share, gen
+            )
         labels = batch["label"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits, aux = self.model(**inputs)

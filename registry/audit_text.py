@@ -13,6 +13,7 @@ KEY_PARAMS = (
     "train.lr",
     "train.batch_size",
     "train.escape_target",
+    "train.fpr_budget",
     "model.img_size",
 )
 WIDTH = 100

@@ -43,3 +43,24 @@ def test_operating_point_round_trips(tmp_path):
     point = OperatingPoint(0.3, 0.005, 0.002, 0.1, 400, 3000)
     point.save(tmp_path / "op.json")
     assert OperatingPoint.load(tmp_path / "op.json") == point
+
+
+def test_an_fpr_budget_spends_the_good_dies_margin_on_fewer_escapes():
+    good = np.linspace(0.0, 0.5, 3000)
+    bad = np.r_[0.3, 0.35, np.linspace(0.6, 0.99, 398)]  # two misses the target allows
+    labels = np.r_[np.zeros(3000, int), np.ones(400, int)]
+    at_target = choose_threshold(_probs(np.r_[good, bad]), labels, 0.005)
+    point = choose_threshold(_probs(np.r_[good, bad]), labels, 0.005, fpr_budget=0.5)
+    assert at_target.val_escape == 2 / 400 and at_target.val_fpr == 0.0
+    assert point.val_escape == 0.0 and 0.3 < point.val_fpr <= 0.5  # both caught, in budget
+    assert point.fpr_budget == 0.5
+
+
+def test_an_fpr_budget_never_raises_the_threshold():
+    good = np.linspace(0.0, 0.9, 3000)
+    bad = np.linspace(0.5, 0.99, 400)
+    labels = np.r_[np.zeros(3000, int), np.ones(400, int)]
+    at_target = choose_threshold(_probs(np.r_[good, bad]), labels, 0.005)
+    assert at_target.val_fpr > 0.05
+    point = choose_threshold(_probs(np.r_[good, bad]), labels, 0.005, fpr_budget=0.05)
+    assert point.threshold == at_target.threshold and point.val_fpr == at_target.val_fpr

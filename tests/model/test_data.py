@@ -17,6 +17,7 @@ from model.data import (
     load_multimodal_dataset,
     load_split,
     random_turns,
+    shuffle_parameters,
     train_scaler,
 )
 from model.schema import parameter_names
@@ -208,3 +209,21 @@ def test_random_turns_give_each_image_one_symmetry_of_the_square():
         assert matches, "not a flip or turn of its input"
         used.add(matches[0])
     assert len(used) == 8  # 200 images: every symmetry is drawn
+
+
+def test_shuffled_dies_keep_their_values_and_missing_flags_together():
+    g = torch.Generator().manual_seed(0)
+    values = torch.arange(64 * 48, dtype=torch.float32).reshape(64, 48)
+    missing = values % 5 == 0
+    shuffled, flags = shuffle_parameters(values, missing, 0.5, g)
+    moved = (shuffled != values).any(dim=1)
+    assert 16 < int(moved.sum()) < 48  # about half of the dies, each on its own permutation
+    assert torch.equal(shuffled[~moved], values[~moved]) and torch.equal(flags, shuffled % 5 == 0)
+    assert torch.equal(shuffled.sort(dim=1).values, values)  # the same values, other places
+    assert len({tuple(row.tolist()) for row in shuffled[moved].argsort(dim=1)}) == int(moved.sum())
+
+
+def test_no_share_shuffles_nothing():
+    values = torch.randn(8, 48)
+    out, _ = shuffle_parameters(values, values > 1, 0.0, torch.Generator().manual_seed(1))
+    assert torch.equal(out, values)

@@ -44,6 +44,20 @@ def test_both_kinds_train_and_leave_a_usable_model(smoke_cfg, tmp_path):
             assert torch.equal(a.cpu(), b.cpu())
 
 
+def test_an_fpr_budget_sets_the_saved_threshold_from_the_best_weights(smoke_cfg, tmp_path):
+    cfg, data = smoke_cfg
+    cfg.train.fpr_budget, cfg.train.process_shuffle = 0.95, 0.5  # the tiny model flags many
+    result = train_model("multimodal", data, cfg, tmp_path, progress=False)
+    out = predict(result.model.eval(), data.datasets["val"])
+    expected = choose_threshold(out["probs"], out["labels"], cfg.train.escape_target, 0.95)
+    point = result.operating_point
+    assert point.threshold == pytest.approx(expected.threshold, abs=1e-5)
+    kept = pd.read_csv(tmp_path / "history.csv").loc[result.best_epoch]
+    assert point.threshold < kept["threshold"]  # lowered, within the budget
+    assert kept["val_fpr"] < point.val_fpr <= 0.95 and point.fpr_budget == 0.95
+    assert load_trained(tmp_path / "model.pt")[2] == result.operating_point
+
+
 def test_stage_one_trains_alignment_only_with_the_head_frozen(smoke_cfg, tmp_path):
     cfg, data = smoke_cfg
     result = train_model("multimodal", data, cfg, tmp_path, progress=False, max_epochs=1)
