@@ -1,4 +1,5 @@
-"""The service's commands: serve, loadtest, index-similar, export-feedback, hash-key."""
+"""The service's commands: serve, loadtest, index-similar, export-feedback, hash-key,
+copy-images."""
 
 from __future__ import annotations
 
@@ -198,4 +199,28 @@ def export_feedback(out_dir, since, state_dir, database_url) -> None:
     click.echo(json.dumps(summary if isinstance(summary, dict) else vars(summary), default=str))
 
 
-COMMANDS = (serve, loadtest, index_similar, export_feedback, hash_key)
+@click.command(name="copy-images")
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    help="The store to fill: s3://bucket/prefix, or a folder.",
+)
+@STATE_DIR
+def copy_images(target, state_dir) -> None:
+    """Copy the images stored in the state folder into another store, each verified by its
+    content hash; before pointing DIEGUARD_IMAGE_STORE at S3, so old records keep their
+    images. Safe to run again. Exit status 1 when a stored image does not match its name."""
+    from service.image_store import ImageStore, open_image_store
+    from service.image_store import copy_images as copy
+
+    source = state_dir / "images"
+    if not source.is_dir():
+        raise click.ClickException(f"no image store at {source}")
+    summary = copy(ImageStore(source), open_image_store(target))
+    click.echo(json.dumps(summary))
+    if summary["corrupt"]:
+        raise SystemExit(1)
+
+
+COMMANDS = (serve, loadtest, index_similar, export_feedback, hash_key, copy_images)

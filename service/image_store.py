@@ -129,6 +129,32 @@ class ImageStore:
         """True when an image is stored under a well-formed ref."""
         return self.path(ref).is_file()
 
+    def refs(self) -> list[str]:
+        """Every stored image's ref, sorted (half-written temporary files are not images)."""
+        found = (p.relative_to(self.root).as_posix() for p in self.root.glob("??/*"))
+        return sorted(ref for ref in found if REF_PATTERN.match(ref))
+
+
+def copy_images(source: ImageStore, target: Images) -> dict:
+    """Copy every image of a local store that `target` lacks (moving a station's images to
+    S3, say). Each is checked against its ref, its content hash, before it is copied; one
+    that does not match is left out and named. Running it again copies only what is left.
+
+    Returns: {"copied": n, "present": n, "corrupt": [refs]}.
+    """
+    copied, present, corrupt = 0, 0, []
+    for ref in source.refs():
+        if target.exists(ref):
+            present += 1
+            continue
+        data, fmt = source.get(ref), image_format(ref)
+        if content_ref(data, fmt) != ref:
+            corrupt.append(ref)
+            continue
+        target.put(data, fmt)
+        copied += 1
+    return {"copied": copied, "present": present, "corrupt": corrupt}
+
 
 def image_format(ref: str) -> str:
     """The format ("png" or "jpeg") a ref was stored as."""

@@ -115,6 +115,35 @@ def test_s3_store_round_trip_against_a_local_s3_server(s3_bucket):
         store.put(b"GIF89a", "gif")
 
 
+def test_a_stations_local_images_are_copied_to_s3_once_each_and_checked(s3_bucket, tmp_path):
+    from click.testing import CliRunner
+
+    from dieguard.cli import main as cli
+
+    local = ImageStore(tmp_path / "state" / "images")
+    refs = [local.put(encoded(fmt, seed), fmt) for seed, fmt in enumerate(("png", "jpeg", "png"))]
+    (local.root / ".part-of-a-write").write_bytes(b"half")  # not an image: not copied
+    bad = refs[2]
+    local.path(bad).write_bytes(b"bit rot")  # no longer the bytes its name hashes
+    target = f"s3://{s3_bucket}/fab-a"
+    run = CliRunner().invoke(
+        cli, ["copy-images", "--to", target, "--state-dir", str(tmp_path / "state")]
+    )
+    assert run.exit_code == 1, run.output
+    assert f'"corrupt": ["{bad}"]' in run.output and '"copied": 2' in run.output
+    s3 = open_image_store(target)
+    assert [s3.get(r) == local.get(r) for r in refs[:2]] == [True, True] and not s3.exists(bad)
+    local.path(bad).unlink()
+    again = CliRunner().invoke(
+        cli, ["copy-images", "--to", target, "--state-dir", str(tmp_path / "state")]
+    )
+    assert again.exit_code == 0 and '"copied": 0, "present": 2' in again.output
+    missing = CliRunner().invoke(
+        cli, ["copy-images", "--to", target, "--state-dir", str(tmp_path / "none")]
+    )
+    assert missing.exit_code != 0 and "no image store" in missing.output
+
+
 def test_s3_store_that_cannot_be_reached_stores_nothing(s3_bucket, monkeypatch):
     with socket.socket() as sock:  # a port where nothing listens
         sock.bind(("127.0.0.1", 0))
