@@ -47,7 +47,7 @@ from model.checkpoint import (
     unwrap,
 )
 from model.config import RunConfig, load_config
-from model.data import augment_batch, shuffle_parameters
+from model.data import augment_batch, shuffle_parameters, turn_front_end
 from model.front_end import FrontEndDataset, compute_front_end
 from model.losses import MultimodalLoss, class_alpha
 from model.metrics import decide, escape_rate, false_positive_rate, macro_f1
@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # a type only: training itself runs without the note tokenize
     from model.prepare import Prepared
 
 KINDS = ("baseline", "multimodal")
+SATURATED_FPR = 0.5  # above this validation FPR, progress is also read off the validation loss
 
 
 @dataclass
@@ -127,6 +128,7 @@ def train_model(
         "best_epoch": -1,
         "stale": 0,
         "mark": None,  # the validation FPR that last counted as progress
+        "lowest_loss": None,  # the lowest validation loss so far
         "fingerprint": _fingerprint(kind, cfg, data),
     }
     last = folder / "checkpoints" / "last.pt"
@@ -276,7 +278,10 @@ def _weight_average(model: nn.Module, epochs: float, steps: int) -> AveragedMode
 
 def _track_best(state: dict, row: dict, model: nn.Module, folder: Path, min_delta: float) -> None:
     """Keep the stage-2 epoch with the lowest validation FPR at the escape target; count the
-    epochs since the FPR last fell by at least `min_delta` (a die or two is noise)."""
+    epochs since the FPR last fell by at least `min_delta` (a die or two is noise). While the
+    FPR is still above SATURATED_FPR (a model that does not yet rank the hardest defects above
+    the good dies, so its FPR barely moves), a new lowest validation loss counts as progress
+    too: on data it finds hard, training is not cut short before it has learnt anything."""
     if row["stage"] != 2:
         return
     score = (row["val_fpr"], row["val_escape"])
@@ -291,9 +296,16 @@ def _track_best(state: dict, row: dict, model: nn.Module, folder: Path, min_delt
         if ddp.is_main():
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(unwrap(model).state_dict(), folder / "best.pt")
-    mark = state.get("mark")
+    mark, lowest_loss = state.get("mark"), state.get("lowest_loss")
+    learning = row["val_fpr"] >= SATURATED_FPR and (
+        lowest_loss is None or row["val_loss"] < lowest_loss
+    )
+    if lowest_loss is None or row["val_loss"] < lowest_loss:
+        state["lowest_loss"] = row["val_loss"]
     if mark is None or row["val_fpr"] <= mark - min_delta:
         state["mark"], state["stale"] = row["val_fpr"], 0
+    elif learning:  # still flagging most good dies: the validation loss says it learns
+        state["stale"] = 0
     else:
         state["stale"] += 1
 
@@ -316,6 +328,8 @@ class _Epochs:
         self.dies, self.cfg, self.device, self.progress = dies, cfg, device, progress
         self.autocast = device.type == "cuda" and cfg.train.bf16
         self.turns = not getattr(unwrap(model), "keeps_orientation", False)
+        encoder = getattr(unwrap(model), "image_encoder", None)
+        self.turn_front_end = bool(getattr(encoder, "turnable_front_end", False))
 
     def evaluated(self, stage: int) -> nn.Module:
         """The weights validated and kept: stage 2's moving average when there is one."""
@@ -383,6 +397,8 @@ class _Epochs:
         inputs = model_inputs(batch, self.device)
         if inputs["images"] is not None:  # a precomputed front end is already augmented
             inputs["images"] = augment_batch(inputs["images"], gen, turns=self.turns)
+        elif self.turn_front_end:  # a layout-free front end: the square's symmetries
+            inputs["front_end"] = turn_front_end(*inputs["front_end"], gen)
         B = len(batch["label"])  # batch size
         drop = torch.rand(B, device=self.device, generator=gen) < self.cfg.train.note_dropout
         inputs["note_mask"] = inputs["note_mask"] & ~drop[:, None]

@@ -117,12 +117,15 @@ def test_stage_two_validates_and_keeps_the_moving_average_of_the_weights(smoke_c
         assert torch.equal(v, averaged[k]), k  # ...but their average
 
 
-def _validation_fprs(monkeypatch, fprs):
-    """Make each validation (stage 1's included) report the next of `fprs` as its FPR."""
+def _validation_fprs(monkeypatch, fprs, losses=None):
+    """Make each validation (stage 1's included) report the next of `fprs` as its FPR, and
+    the next of `losses` as its loss (default: always 1, no progress there)."""
     real, figures = training._Epochs._validate, iter(fprs)
+    losses = iter(losses) if losses is not None else None
 
     def validate(self, model):
-        return real(self, model) | {"val_fpr": next(figures), "val_escape": 0.0}
+        loss = 1.0 if losses is None else next(losses)
+        return real(self, model) | {"val_fpr": next(figures), "val_escape": 0.0, "val_loss": loss}
 
     monkeypatch.setattr(training._Epochs, "_validate", validate)
 
@@ -158,6 +161,25 @@ def test_gains_below_min_delta_keep_the_best_but_do_not_count_as_progress(
     assert len(history) == 8  # progress at epoch 4, then `patience` epochs without
     assert result.best_epoch == 4
     assert history.loc[history["lr_cut"], "epoch"].tolist() == [3, 6]
+
+
+@pytest.mark.parametrize("learning", [True, False])
+def test_while_most_good_dies_are_flagged_a_falling_validation_loss_is_progress(
+    smoke_cfg, tmp_path, monkeypatch, learning
+):
+    cfg, data = smoke_cfg
+    t = cfg.train
+    t.stage2_epochs, t.patience, t.lr_patience = 20, 3, 2
+    fprs = [1.0, 0.98, 0.981, 0.989, 0.98, 0.985, 0.2, 0.2, 0.2, 0.2] + [0.2] * 20
+    losses = [0.5, 0.40, 0.38, 0.36, 0.35, 0.34, 0.30, 0.29, 0.28, 0.27] + [0.2] * 20
+    _validation_fprs(monkeypatch, fprs, losses if learning else [0.5] * 30)
+    result = train_model("multimodal", data, cfg, tmp_path, progress=False)
+    history = pd.read_csv(tmp_path / "history.csv")
+    if learning:  # saturated but learning until epoch 6, then below SATURATED_FPR: FPR alone
+        assert result.best_epoch == 6 and len(history) == 10
+        assert not history["lr_cut"][:7].any()
+    else:  # nothing moves: stopped `patience` epochs after epoch 1, the rate cut on the way
+        assert len(history) == 5 and history["lr_cut"].tolist()[3]
 
 
 def test_a_plateau_sends_training_back_to_the_best_weights(smoke_cfg, tmp_path, monkeypatch):
