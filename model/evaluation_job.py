@@ -110,6 +110,12 @@ def summary(metrics: dict, fairness: dict, html_path: Path, json_path: Path, sta
             "baseline": None
             if base is None
             else {k: base[k] for k in ("accuracy", "macro_f1", "escape", "fpr")},
+            "at_seed_escape": None
+            if metrics["seed_point"] is None
+            else {
+                name: {k: metrics["seed_point"][name][k] for k in ("escape", "fpr", "false_flags")}
+                for name in ("model", "baseline")
+            },
             "warnings": metrics["warnings"],
             "recommendations": fairness["recommendations"],
             "statistics": statistics,

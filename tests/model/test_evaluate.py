@@ -11,9 +11,16 @@ import pytest
 from model.calibrate import OperatingPoint
 from model.checkpoint import save_trained
 from model.config import load_config
-from model.evaluate import MIN_DEFECTIVE, evaluate_model, evaluation_from_predictions
+from model.evaluate import (
+    MIN_DEFECTIVE,
+    SEED_ESCAPE,
+    at_escape,
+    evaluate_model,
+    evaluation_from_predictions,
+)
 from model.evaluation_job import run_evaluation
 from model.evaluation_report import SECTIONS
+from model.metrics import decide
 from model.network import build_model
 from model.prepare import prepare
 from model.schema import CLASS_NAMES
@@ -95,9 +102,26 @@ def test_baseline_is_scored_on_the_same_dies_at_its_own_threshold():
     }
 
 
+def test_at_the_seeds_escape_rate_each_model_shows_the_good_dies_it_flags():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 400 + [1] * 250)
+    defect = np.concatenate([rng.uniform(0.0, 0.6, 400), rng.uniform(0.3, 1.0, 250)])
+    probs = np.stack([1 - defect] + [defect / 4] * 4, axis=1)
+    point = at_escape(labels, probs, SEED_ESCAPE)
+    assert point["escape"]["k"] <= int(SEED_ESCAPE * 250) and point["escape"]["k"] >= 6
+    flagged = decide(probs, point["threshold"]) != 0
+    assert point["fpr"]["k"] == int(flagged[:400].sum()) > 0
+    assert point["false_flags"] == pytest.approx(flagged[:400].sum() / flagged.sum())
+    looser = at_escape(labels, probs, 0.2)  # more misses allowed: fewer good dies flagged
+    assert looser["fpr"]["k"] < point["fpr"]["k"]
+    m = evaluation(labels, [0] * 650, [True] * 650, baseline_probs=probs, baseline_threshold=0.5)
+    m = m.metrics
+    assert m["seed_point"]["baseline"] == point and m["seed_point"]["escape"] == SEED_ESCAPE
+
+
 def test_without_a_baseline_there_is_no_comparison():
     m = evaluation([0, 1], [0, 1], [True, False]).metrics
-    assert m["baseline"] is None and m["paired"] is None
+    assert m["baseline"] is None and m["paired"] is None and m["seed_point"] is None
     with pytest.raises(ValueError, match="threshold"):
         evaluation([0, 1], [0, 1], [True, False], baseline_probs=probs_for([0, 1]))
     with pytest.raises(ValueError, match="baseline_point"):
@@ -145,6 +169,8 @@ def test_run_evaluation_writes_the_report_end_to_end(trained_run, tmp_path):
     second = run_evaluation(model, tmp_path / "b", **kw)
     assert first["statistics"] == str((trained_run / "prepared").resolve())
     assert first["n"] == 120 and first["baseline"] is not None and first["warnings"]
+    assert first["at_seed_escape"]["baseline"]["escape"]["rate"] <= SEED_ESCAPE
+    assert "flags that are good dies" in (tmp_path / "a" / "evaluation.html").read_text()
     page = (tmp_path / "a" / "evaluation.html").read_text()
     assert all(f">{title}</h2>" in page for title in SECTIONS.values())
     assert page.count("data:image/png;base64,") >= 4
