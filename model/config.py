@@ -36,9 +36,6 @@ class ModelConfig:
     # stage misalignment the golden-die match searches, in pixels of the contract's 256 px
     # images (a randomized fab misaligns by up to 6)
     reference_shift: int = 8
-    # the image encoder reads only the difference from the golden die, not the die itself: no
-    # layout to memorise (a new fab's layout is new), and training may turn and flip it
-    residual_only: bool = False
     process_dim: int = 48
     process_tokens: str = "per_parameter"  # or "single" (one projected token, as in the seed)
     vocab_size: int = 2000  # note tokenizer vocabulary (at most 10,000)

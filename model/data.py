@@ -184,34 +184,14 @@ def shuffle_parameters(
 
 def random_turns(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each image (B, C, H, W) under its own random symmetry of the square (flips, turns)."""
-    return apply_symmetries(x, draw_symmetries(x.shape[0], x.device, generator))
+    B = x.shape[0]  # batch size
 
+    def coin() -> torch.Tensor:
+        return (torch.rand(B, device=x.device, generator=generator) < 0.5)[:, None, None, None]
 
-def draw_symmetries(batch: int, device, generator: torch.Generator | None = None) -> list:
-    """Per image, three coins: flip left-right, flip up-down, transpose (all eight symmetries)."""
-    return [torch.rand(batch, device=device, generator=generator) < 0.5 for _ in range(3)]
-
-
-def apply_symmetries(x: torch.Tensor, coins: list) -> torch.Tensor:
-    """Images or maps (B, C, H, W) under the symmetries `draw_symmetries` chose."""
-    flip_w, flip_h, transpose = (c[:, None, None, None] for c in coins)
-    x = torch.where(flip_w, x.flip(3), x)
-    x = torch.where(flip_h, x.flip(2), x)
-    return torch.where(transpose, x.transpose(2, 3), x)
-
-
-def turn_front_end(
-    pixels: torch.Tensor, peaks: torch.Tensor | None, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A precomputed residual front end under a random symmetry per die: the pixels
-    (B, C, H, W) and their regions' peaks (B, K, C, row-major) turned alike."""
-    coins = draw_symmetries(pixels.shape[0], pixels.device, generator)
-    if peaks is not None:
-        B, K, C = peaks.shape
-        side = int(round(K**0.5))
-        grid = apply_symmetries(peaks.transpose(1, 2).reshape(B, C, side, side), coins)
-        peaks = grid.flatten(2).transpose(1, 2)
-    return apply_symmetries(pixels, coins), peaks
+    x = torch.where(coin(), x.flip(3), x)
+    x = torch.where(coin(), x.flip(2), x)
+    return torch.where(coin(), x.transpose(2, 3), x)  # last: with the flips, all eight
 
 
 def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:

@@ -48,9 +48,7 @@ class ImageEncoder(nn.Module):
             shift = math.ceil(cfg.reference_shift * cfg.img_size / IMAGE_SIZE)
             self.reference = GoldenReference(len(FABS), cfg.img_size, shift)
             self.peaks = ResidualPeaks(cfg.patch_size * cfg.encoder_stride, cfg.embed_dim)
-            # the standardised image and its difference from the golden die, or the latter
-            channels = 3 if cfg.residual_only else 6
-        self.residual_only = cfg.golden_reference and cfg.residual_only
+            channels = 6  # the standardised image and its difference from the golden die
         self.stride = cfg.encoder_stride
         self.vit = VisionTransformer(
             img_size=cfg.img_size // self.stride,
@@ -77,11 +75,6 @@ class ImageEncoder(nn.Module):
         """True when images are compared with golden dies: no flips or turns in training."""
         return self.reference is not None
 
-    @property
-    def turnable_front_end(self) -> bool:
-        """True when the front end's output holds no layout, so training may turn it."""
-        return self.residual_only
-
     def front_end(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The parameter-free first steps: normalisation or the golden-die comparison, then
         the shrink to encoder size, and each region's residual peaks.
@@ -92,8 +85,6 @@ class ImageEncoder(nn.Module):
         """
         x = self.normalize(images) if self.reference is None else self.reference(images)
         peaks = None if self.peaks is None else self.peaks.pool(x[:, 3:])
-        if self.residual_only:
-            x = x[:, 3:]
         return shrink(x, self.stride), peaks
 
     def encode(self, pixels: torch.Tensor, peaks: torch.Tensor | None) -> torch.Tensor:

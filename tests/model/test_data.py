@@ -19,7 +19,6 @@ from model.data import (
     random_turns,
     shuffle_parameters,
     train_scaler,
-    turn_front_end,
 )
 from model.schema import parameter_names
 
@@ -210,16 +209,6 @@ def test_random_turns_give_each_image_one_symmetry_of_the_square():
         assert matches, "not a flip or turn of its input"
         used.add(matches[0])
     assert len(used) == 8  # 200 images: every symmetry is drawn
-
-
-def test_a_turned_front_end_keeps_each_regions_peak_with_its_pixels():
-    from model.encoders import ResidualPeaks
-
-    pool = ResidualPeaks(region_px=8, dim=4).pool
-    residual = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    turned, peaks = turn_front_end(residual, pool(residual), torch.Generator().manual_seed(1))
-    assert not torch.equal(turned, residual)
-    torch.testing.assert_close(peaks, pool(turned))  # the peaks moved with their regions
 
 
 def test_shuffled_dies_keep_their_values_and_missing_flags_together():

@@ -234,21 +234,6 @@ def test_encoders_work_at_encoder_size_while_inputs_keep_img_size():
         _cfg(img_size=64, encoder_size=48)
 
 
-def test_a_residual_only_encoder_reads_the_difference_from_the_golden_die_alone():
-    full = MultimodalDefectDetector(cfg=_cfg(golden_reference=True)).image_encoder
-    alone = MultimodalDefectDetector(cfg=_cfg(golden_reference=True, residual_only=True))
-    encoder = alone.image_encoder
-    images = torch.rand(B, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    pixels, peaks = encoder.front_end(images)
-    both, same_peaks = full.front_end(images)
-    assert pixels.shape[1] == 3 and both.shape[1] == 6 and encoder.turnable_front_end
-    assert torch.equal(pixels, both[:, 3:]) and torch.equal(peaks, same_peaks)
-    assert not full.turnable_front_end  # the die itself shows the layout's orientation
-    with torch.no_grad():
-        logits, _ = alone.eval()(images, *_batch()[1:])
-    assert logits.shape == (B, C) and torch.isfinite(logits).all()
-
-
 def test_residual_peaks_find_a_one_pixel_scratch_in_its_region():
     from model.encoders import ResidualPeaks
 
