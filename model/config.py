@@ -86,6 +86,9 @@ class TrainConfig:
     # share of training dies whose process parameters are shuffled among themselves
     # (model.data.shuffle_parameters): deviations are then learnt by size, not only by name
     process_shuffle: float = 0.0
+    # strength (0 to 1) of the training dies' optics jitter: focus, sub-pixel offset, noise
+    # (model.data.jitter_optics), so that another tool's optics do not look like defects
+    optics_jitter: float = 0.0
     # stage2_epochs and baseline_epochs are maxima: training stops `patience` epochs after the
     # validation FPR at the escape target last fell by at least `min_delta`, and after every
     # `lr_patience` of them it restarts from the best weights at `lr_decay` times the rate.

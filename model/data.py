@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from model.cache import cached_images, split_digest
 from model.contract import read_split
@@ -132,7 +133,10 @@ def load_multimodal_dataset(
 
 
 def augment_batch(
-    images: torch.Tensor, generator: torch.Generator | None = None, turns: bool = True
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    turns: bool = True,
+    optics: float = 0.0,
 ) -> torch.Tensor:
     """Random flips, quarter turns, small shifts and brightness/contrast jitter, batched.
 
@@ -145,6 +149,7 @@ def augment_batch(
         generator: random stream for reproducible augmentation.
         turns: flips and quarter turns; False keeps the layout's orientation (a model that
             compares with a golden die sees dies as the station does) and shifts by 1 px.
+        optics: strength (0 to 1) of what another tool's optics change (`jitter_optics`).
     Returns:
         float (B, 3, H, W) in [0, 1].
     """
@@ -163,7 +168,34 @@ def augment_batch(
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast[:, None, None, None] + mean
     x = x * brightness[:, None, None, None]
+    if optics:
+        x = jitter_optics(x, optics, generator)
     return x.clamp(0.0, 1.0)
+
+
+def jitter_optics(
+    x: torch.Tensor, strength: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """What another inspection tool's optics do to a die (B, 3, H, W), each die its own draw:
+    focus (from sharpened to blurred), a sub-pixel stage offset and sensor noise. A good die
+    so changed differs from its golden die along every edge of the layout; a model that saw
+    only one tool's optics takes that for a defect on the next tool."""
+    B = x.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        u = torch.rand(B, device=x.device, generator=generator)
+        return (lo + (hi - lo) * u)[:, None, None, None]
+
+    kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=x.device) / 16.0  # ~ Gaussian, sigma 1
+    kernel = (kernel[:, None] * kernel[None, :]).expand(x.shape[1], 1, 5, 5)
+    blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), kernel, groups=x.shape[1])
+    x = x + uniform(-0.6 * strength, strength) * (blurred - x)  # < 0: an unsharp mask
+    for dim in (2, 3):  # a shift of up to half a pixel along each axis, linearly interpolated
+        a = uniform(-0.5 * strength, 0.5 * strength)
+        x = (1 - a.abs()) * x + a.abs() * torch.where(a > 0, x.roll(1, dim), x.roll(-1, dim))
+    return x + uniform(0.0, 0.02 * strength) * torch.randn(
+        x.shape, device=x.device, generator=generator
+    )
 
 
 def shuffle_parameters(

@@ -50,6 +50,7 @@ def compute_front_end(
     views: int = 0,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    optics: float = 0.0,
 ) -> FrontEndDataset:
     """Run `encoder.front_end` over every die of `dies`; results stay on the CPU.
 
@@ -62,6 +63,7 @@ def compute_front_end(
             (`augment_batch`, orientation kept when the encoder compares with golden dies).
         seed: the augmentations' random stream.
         dtype: storage type (float16 halves the memory of training views).
+        optics: the views' optics jitter (`augment_batch`).
     """
     turns = not encoder.keeps_orientation
     out = []
@@ -71,7 +73,7 @@ def compute_front_end(
         for batch in die_loader(dies, batch_size, shuffle=False):
             images = batch["image"].to(device).float() / 255.0
             if views:
-                images = augment_batch(images, gen, turns=turns)
+                images = augment_batch(images, gen, turns=turns, optics=optics)
             x, p = encoder.front_end(images)
             if pixels is None:
                 pixels = torch.empty((len(dies), *x.shape[1:]), dtype=dtype)

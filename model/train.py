@@ -47,7 +47,7 @@ from model.checkpoint import (
     unwrap,
 )
 from model.config import RunConfig, load_config
-from model.data import augment_batch, shuffle_parameters, turn_front_end
+from model.data import augment_batch, shuffle_parameters
 from model.front_end import FrontEndDataset, compute_front_end
 from model.losses import MultimodalLoss, class_alpha
 from model.metrics import decide, escape_rate, false_positive_rate, macro_f1
@@ -173,7 +173,9 @@ def _training_dies(model: nn.Module, data: Prepared, cfg: RunConfig, device) -> 
         return dies
     encoder, size = model.image_encoder, 2 * t.batch_size
     views = t.front_end_views
-    train = compute_front_end(encoder, dies["train"], size, device, views, t.seed, torch.float16)
+    train = compute_front_end(
+        encoder, dies["train"], size, device, views, t.seed, torch.float16, t.optics_jitter
+    )
     return {"train": train, "val": compute_front_end(encoder, dies["val"], size, device)}
 
 
@@ -328,8 +330,6 @@ class _Epochs:
         self.dies, self.cfg, self.device, self.progress = dies, cfg, device, progress
         self.autocast = device.type == "cuda" and cfg.train.bf16
         self.turns = not getattr(unwrap(model), "keeps_orientation", False)
-        encoder = getattr(unwrap(model), "image_encoder", None)
-        self.turn_front_end = bool(getattr(encoder, "turnable_front_end", False))
 
     def evaluated(self, stage: int) -> nn.Module:
         """The weights validated and kept: stage 2's moving average when there is one."""
@@ -396,9 +396,9 @@ class _Epochs:
     def _step(self, batch: dict, stage: int, gen: torch.Generator) -> dict:
         inputs = model_inputs(batch, self.device)
         if inputs["images"] is not None:  # a precomputed front end is already augmented
-            inputs["images"] = augment_batch(inputs["images"], gen, turns=self.turns)
-        elif self.turn_front_end:  # a layout-free front end: the square's symmetries
-            inputs["front_end"] = turn_front_end(*inputs["front_end"], gen)
+            inputs["images"] = augment_batch(
+                inputs["images"], gen, turns=self.turns, optics=self.cfg.train.optics_jitter
+            )
         B = len(batch["label"])  # batch size
         drop = torch.rand(B, device=self.device, generator=gen) < self.cfg.train.note_dropout
         inputs["note_mask"] = inputs["note_mask"] & ~drop[:, None]

@@ -14,6 +14,7 @@ from model.contract import read_split
 from model.data import (
     ProcessScaler,
     augment_batch,
+    jitter_optics,
     load_multimodal_dataset,
     load_split,
     random_turns,
@@ -209,6 +210,21 @@ def test_random_turns_give_each_image_one_symmetry_of_the_square():
         assert matches, "not a flip or turn of its input"
         used.add(matches[0])
     assert len(used) == 8  # 200 images: every symmetry is drawn
+
+
+def test_optics_jitter_moves_the_layouts_edges_and_leaves_flat_areas_to_the_noise():
+    x = torch.full((32, 3, 32, 32), 0.3)
+    x[:, :, :, 8:16] = 0.8  # one bright line, 8 px wide: edges at columns 8 and 16
+    out = jitter_optics(x, 1.0, torch.Generator().manual_seed(0))
+    change = (out - x).abs().mean(dim=(0, 1, 2))  # per column
+    edges, flat = change[[7, 8, 15, 16]], change[[2, 3, 11, 12, 22, 23]]
+    assert edges.min() > 5 * flat.max()  # focus and sub-pixel offset act on edges
+    assert flat.max() < 0.03  # elsewhere: sensor noise only
+    draws = (out - x)[:, 0, 0, 8]
+    assert len(set(draws.tolist())) == 32  # each die its own optics
+    g = torch.Generator().manual_seed(1)
+    plain = augment_batch(x, torch.Generator().manual_seed(1), turns=False)
+    assert torch.equal(augment_batch(x, g, turns=False, optics=0.0), plain)
 
 
 def test_shuffled_dies_keep_their_values_and_missing_flags_together():
