@@ -74,7 +74,9 @@ class GoldenReference(nn.Module):
             groups: (N,) template index of each die, in [0, num_templates); -1 to skip.
             per_group: dies per template (the median of this many); the spread is measured
                 on the next as many dies of the group (on the same ones when there are none).
-            rounds: align-to-template-and-refit rounds after the first, unaligned median.
+            rounds: align-to-template-and-refit rounds after the first, unaligned median;
+                then one more onto the dies' median position (a template that the first
+                median left off-centre would spend the search on its own offset).
         """
         for k in range(self.templates.shape[0]):
             rows = np.flatnonzero(groups == k)
@@ -84,6 +86,7 @@ class GoldenReference(nn.Module):
             template = x.median(dim=0).values
             for _ in range(rounds):
                 template = self._aligned(x, template).median(dim=0).values
+            template = self._aligned(x, template, centred=True).median(dim=0).values
             held_out = rows[per_group : 2 * per_group]
             others = _standardized(images, held_out) if len(held_out) else x
             residual = self._aligned(others, template) - template
@@ -106,10 +109,14 @@ class GoldenReference(nn.Module):
         best = scores.flatten(1).argmax(dim=1)
         return best // (n * n), best // n % n, best % n
 
-    def _aligned(self, x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-        """Each image shifted (wrapping) onto the template's grid."""
+    def _aligned(self, x: torch.Tensor, template: torch.Tensor, centred: bool = False):
+        """Each image shifted (wrapping) onto the template's grid; `centred`: onto the grid
+        moved to the images' median position, so that a template fitted on them sits where
+        the dies do on average and the search's +-max_shift is spent on their misalignment."""
         _, dy, dx = self._best_window(x, template[None])
         s = self.max_shift
+        if centred:
+            dy, dx = dy - (dy.median() - s), dx - (dx.median() - s)
         return torch.stack(
             [
                 img.roll((s - a, s - b), dims=(1, 2))

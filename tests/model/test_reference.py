@@ -89,3 +89,31 @@ def test_the_residual_is_measured_in_units_of_the_good_dies_spread():
     residual = out.abs().expm1().amax(dim=(1, 2, 3))  # in spreads
     assert residual[1] > 5 * residual[0]
     assert out.abs().max() < 6  # the signed log keeps even a strong defect in a learnable range
+
+
+def test_a_template_fitted_on_a_fab_that_misaligns_by_6_px_sits_where_its_dies_do():
+    """A randomized fab (fine periodic layout, stage misalignment up to 6 px): the template
+    is fitted at the dies' median position, so no die's match lands on the edge of the
+    +-8 px search (one that does was cut off there: misaligned, its layout left in the
+    residual)."""
+    from model.synthetic.images import render_die
+    from model.synthetic.world import draw_world
+
+    look = draw_world(2).look
+    assert look.misalignment == 6
+
+    def good_dies(n: int, first_seed: int) -> np.ndarray:
+        rows = [
+            {"die_seed": first_seed + i, "label": 0, "fab": "C", "discoloration": False,
+             "faint": False, "wafer_zone": "middle", "die_x": 0, "die_y": 0}
+            for i in range(n)
+        ]  # fmt: skip
+        return np.stack([render_die(row, look=look) for row in rows])
+
+    ref = GoldenReference(num_templates=1, img_size=256, max_shift=8)
+    ref.fit(good_dies(60, 0), np.zeros(60, dtype=int), per_group=30)
+    dies = standardize(torch.from_numpy(good_dies(40, 1000)).permute(0, 3, 1, 2))
+    _, dy, dx = ref._best_window(dies, ref.templates)
+    shifts = torch.cat([dy, dx]) - 8
+    assert shifts.abs().max() < 8  # every die found inside the search
+    assert dy.float().median().sub(8).abs() <= 2 and dx.float().median().sub(8).abs() <= 2
