@@ -179,9 +179,9 @@ def at_escape(y_true: np.ndarray, probs: np.ndarray, escape: float) -> dict:
     they miss the same share), with the share of flagged dies that are good."""
     threshold = choose_threshold(probs, y_true, escape).threshold
     out = summarize(y_true, probs, threshold)
-    flagged = decide(probs, threshold) != GOOD
-    good_flagged = int((flagged & (y_true == GOOD)).sum())
-    out["false_flags"] = good_flagged / max(int(flagged.sum()), 1)
+    escape, fpr = out["escape"], out["fpr"]
+    flagged = fpr["k"] + escape["n"] - escape["k"]  # good dies flagged, defective ones caught
+    out["false_flags"] = fpr["k"] / max(flagged, 1)
     return out
 
 

@@ -299,14 +299,12 @@ def _track_best(state: dict, row: dict, model: nn.Module, folder: Path, min_delt
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(unwrap(model).state_dict(), folder / "best.pt")
     mark, lowest_loss = state.get("mark"), state.get("lowest_loss")
-    learning = row["val_fpr"] >= SATURATED_FPR and (
-        lowest_loss is None or row["val_loss"] < lowest_loss
-    )
-    if lowest_loss is None or row["val_loss"] < lowest_loss:
+    loss_fell = lowest_loss is None or row["val_loss"] < lowest_loss
+    if loss_fell:
         state["lowest_loss"] = row["val_loss"]
     if mark is None or row["val_fpr"] <= mark - min_delta:
         state["mark"], state["stale"] = row["val_fpr"], 0
-    elif learning:  # still flagging most good dies: the validation loss says it learns
+    elif loss_fell and row["val_fpr"] >= SATURATED_FPR:  # flags most good dies, yet learns
         state["stale"] = 0
     else:
         state["stale"] += 1
