@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from functools import cached_property
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
@@ -24,6 +27,22 @@ class DieDataset(Dataset):
         self.note_mask = torch.from_numpy(note_mask)
         labels = split.labels if split.labels is not None else np.full(len(split), -1)
         self.labels = torch.from_numpy(np.asarray(labels, np.int64))
+        self._images_digest = split.digest
+
+    @cached_property
+    def digest(self) -> str:
+        """A digest of everything a model reads of these dies.
+
+        The images of the decode cache (a memory map) are named by their content digest;
+        images held in memory are hashed.
+        """
+        h = hashlib.blake2b(digest_size=16)
+        cached = isinstance(self.images, np.memmap)
+        h.update(str(self.images.shape).encode())
+        h.update(self._images_digest.encode() if cached else np.ascontiguousarray(self.images))
+        for t in (self.process, self.missing, self.note_ids, self.note_mask, self.labels):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
 
     def __len__(self) -> int:
         return len(self.labels)

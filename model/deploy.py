@@ -29,7 +29,7 @@ from model.onnx_runtime import (
     operating_point_path,
     predict_session,
 )
-from model.predict import predict
+from model.predict import predict, predict_once
 from model.prepare import Prepared, prepare, trained_with
 from model.quantize import (
     DieCalibrationReader,
@@ -89,7 +89,7 @@ def optimize_for_deployment(
         "dynamic": lambda: quantize_dynamic_int8(fp32, out / "model.dynamic.onnx"),
         "torch_dynamic": lambda: quantize_torch_dynamic(model),
     }
-    reference = predict(model, test, batch_size)
+    reference = predict_once(model, test, batch_size)
     variants, gates = {}, {}
     for name in builders if compare else SHIPPABLE:
         variants[name] = builders[name]()

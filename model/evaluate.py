@@ -15,8 +15,7 @@ from torch import nn
 
 from model.calibrate import choose_threshold
 from model.metrics import confusion, decide, per_class, summarize
-from model.network import MultimodalDefectDetector
-from model.predict import predict
+from model.predict import draws_regions, predict_once
 from model.schema import CLASS_NAMES, GOOD
 
 MIN_DEFECTIVE = 300  # rule of three: 0 escapes in 300 defective dies bound the rate at 1%
@@ -68,10 +67,10 @@ def evaluate_model(
     if baseline is not None and baseline_point is None:
         raise ValueError("a baseline needs its own operating point (baseline_point)")
     dataset = data.datasets[split]
-    keep = ("region_map",) if _has_region_map(model) else ()
-    full = predict(model, dataset, batch_size, with_notes=True, keep=keep)
-    bare = predict(model, dataset, batch_size, with_notes=False)
-    base = predict(baseline, dataset, batch_size) if baseline is not None else None
+    keep = ("region_map",) if draws_regions(model) else ()
+    full = predict_once(model, dataset, batch_size, with_notes=True, keep=keep)
+    bare = predict_once(model, dataset, batch_size, with_notes=False)
+    base = predict_once(baseline, dataset, batch_size) if baseline is not None else None
     return evaluation_from_predictions(
         split=split,
         ids=list(data.splits[split].ids),
@@ -229,8 +228,3 @@ def warnings_for(ev: Evaluation) -> list[str]:
 
 def _threshold(point) -> float:
     return float(getattr(point, "threshold", point))
-
-
-def _has_region_map(model: nn.Module) -> bool:
-    inner = getattr(model, "module", getattr(model, "_orig_mod", model))
-    return isinstance(inner, MultimodalDefectDetector)

@@ -21,7 +21,7 @@ from model.config import RunConfig
 from model.contract import read_split
 from model.data import load_split
 from model.metrics import summarize
-from model.predict import predict
+from model.predict import predict_once
 from model.prepare import encode_split, prepare
 from model.schema import CLASS_NAMES, GOOD
 from model.train import train_model
@@ -78,10 +78,12 @@ def with_golden_dies_of(model, folder: str | Path, cfg: RunConfig, scaler):
 
 def held_out_figures(model, dataset, threshold: float, cfg: RunConfig) -> dict:
     """Figures, gate verdict and catch rates of one model on one held-out test split."""
-    pred = predict(model, dataset)
+    pred = predict_once(model, dataset)
     labels, probs = pred["labels"], pred["probs"]
     figures = summarize(labels, probs, threshold)
-    no_notes = predict(model, dataset, with_notes=False)["probs"] if model.reads_notes else probs
+    no_notes = probs
+    if model.reads_notes:
+        no_notes = predict_once(model, dataset, with_notes=False)["probs"]
     reference = reference_threshold(labels, probs, REFERENCE_FPR)
     return {
         "test": figures,

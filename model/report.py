@@ -8,7 +8,7 @@ from pathlib import Path
 from model import distributed as ddp
 from model.config import RunConfig
 from model.metrics import summarize
-from model.predict import pick_device, predict
+from model.predict import pick_device, predict_once
 from model.prepare import prepare
 from model.remote import local_config
 from model.train import TrainResult, train_model
@@ -51,7 +51,7 @@ def score(result: TrainResult, data) -> dict:
     }
     for name, notes in (("test", True), ("test_no_notes", False)):
         if notes or result.model.reads_notes:  # an image-only model's figures hold without notes
-            pred = predict(result.model, data.datasets["test"], with_notes=notes)
+            pred = predict_once(result.model, data.datasets["test"], with_notes=notes)
         out[name] = summarize(pred["labels"], pred["probs"], threshold)
     return out
 

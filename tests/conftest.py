@@ -90,6 +90,23 @@ def smoke_multimodal(smoke_prepared, tmp_path_factory):
 
 
 @pytest.fixture
+def scoring_passes(monkeypatch) -> list[dict]:
+    """The passes of a model over a whole split (predict's keyword arguments), counted from
+    an empty memory of earlier scorings."""
+    import model.predict as scoring
+
+    seen, real = [], scoring.predict
+
+    def counted(model, dataset, *args, **kwargs):
+        seen.append(kwargs)
+        return real(model, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "predict", counted)
+    monkeypatch.setattr(scoring, "_remembered", type(scoring._remembered)())
+    return seen
+
+
+@pytest.fixture
 def copy_split(tiny_data, tmp_path) -> Callable[..., Path]:
     """Copy one split of `tiny_data` into tmp_path and return the copy's folder.
 

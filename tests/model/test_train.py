@@ -242,13 +242,11 @@ def test_train_and_report_scores_test_with_and_without_notes(smoke_cfg):
     assert summary["multimodal"]["test_no_notes"]["n"] == 120
 
 
-def test_an_image_only_model_is_scored_once(smoke_cfg, tmp_path, monkeypatch):
+def test_an_image_only_model_is_scored_once(smoke_cfg, tmp_path, scoring_passes):
     cfg, data = smoke_cfg
     result = train_model("baseline", data, cfg, tmp_path, progress=False)
-    passes = []
-    monkeypatch.setattr(report, "predict", lambda *a, **k: passes.append(k) or predict(*a, **k))
     summary = report.score(result, data)
-    assert passes == [{"with_notes": True}]  # notes cannot change what it sees
+    assert [p["with_notes"] for p in scoring_passes] == [True]  # notes cannot change what it sees
     assert summary["test_no_notes"] == summary["test"]
 
 
