@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from model.batches import DieDataset, die_loader
+from model.checkpoint import unwrap
 from model.network import MultimodalDefectDetector
 
 REMEMBERED = 8  # scorings predict_once keeps: a run's test and validation splits, both models
@@ -119,8 +120,7 @@ def predict_once(
 
 def draws_regions(model: nn.Module) -> bool:
     """Whether the model's forward returns a region map (the multimodal detector does)."""
-    inner = getattr(model, "module", getattr(model, "_orig_mod", model))
-    return isinstance(inner, MultimodalDefectDetector)
+    return isinstance(unwrap(model), MultimodalDefectDetector)
 
 
 def _scoring_key(model: nn.Module, dataset: DieDataset, with_notes: bool, keep: tuple) -> str:
