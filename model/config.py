@@ -33,6 +33,9 @@ class ModelConfig:
     vit_heads: int = 3
     conv_stem: bool = True  # convolutional patch embedding (False: the plain linear one)
     golden_reference: bool = False  # add each die's difference from its fab's golden die
+    # with a golden die, the image encoder reads only the difference, not the die itself: the
+    # layout, which differs from fab to fab, is then nothing the model can learn
+    residual_only: bool = False
     # stage misalignment the golden-die match searches, in pixels of the contract's 256 px
     # images (a randomized fab misaligns by up to 6)
     reference_shift: int = 8

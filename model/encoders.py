@@ -48,7 +48,9 @@ class ImageEncoder(nn.Module):
             shift = math.ceil(cfg.reference_shift * cfg.img_size / IMAGE_SIZE)
             self.reference = GoldenReference(len(FABS), cfg.img_size, shift)
             self.peaks = ResidualPeaks(cfg.patch_size * cfg.encoder_stride, cfg.embed_dim)
-            channels = 6  # the standardised image and its difference from the golden die
+            # the standardised image and its difference from the golden die, or the latter
+            channels = 3 if cfg.residual_only else 6
+        self.residual_only = cfg.golden_reference and cfg.residual_only
         self.stride = cfg.encoder_stride
         self.vit = VisionTransformer(
             img_size=cfg.img_size // self.stride,
@@ -85,6 +87,8 @@ class ImageEncoder(nn.Module):
         """
         x = self.normalize(images) if self.reference is None else self.reference(images)
         peaks = None if self.peaks is None else self.peaks.pool(x[:, 3:])
+        if self.residual_only:
+            x = x[:, 3:]
         return shrink(x, self.stride), peaks
 
     def encode(self, pixels: torch.Tensor, peaks: torch.Tensor | None) -> torch.Tensor:

@@ -244,3 +244,23 @@ def test_residual_peaks_find_a_one_pixel_scratch_in_its_region():
     raw = peaks.pool(residual)[0, :, 0]  # (regions, channels)
     assert int(raw.argmax()) == 2 * 4 + 1  # regions in row-major order, as the region map
     assert raw.max() > 5 * raw.median()
+
+
+def test_a_residual_only_encoder_cannot_tell_one_fabs_layout_from_anothers():
+    from model.reference import standardize
+
+    cfg = _cfg(golden_reference=True, reference_shift=0)
+    layouts = torch.rand(2, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def tokens(residual_only: bool, layout: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)
+        encoder = MultimodalDefectDetector(
+            cfg=_cfg(**{**vars(cfg), "residual_only": residual_only})
+        ).image_encoder.eval()
+        encoder.reference.templates[:] = standardize(layout)[0]  # every fab makes this layout
+        with torch.no_grad():
+            return encoder(layout)
+
+    # a good die, identical to its fab's golden die, in two fabs with different layouts
+    assert torch.allclose(tokens(True, layouts[0]), tokens(True, layouts[1]), atol=1e-5)
+    assert not torch.allclose(tokens(False, layouts[0]), tokens(False, layouts[1]), atol=1e-3)
