@@ -247,6 +247,8 @@ def test_residual_peaks_find_a_one_pixel_scratch_in_its_region():
 
 
 def test_a_residual_only_encoder_cannot_tell_one_fabs_layout_from_anothers():
+    from dataclasses import replace
+
     from model.reference import standardize
 
     cfg = _cfg(golden_reference=True, reference_shift=0)
@@ -254,9 +256,8 @@ def test_a_residual_only_encoder_cannot_tell_one_fabs_layout_from_anothers():
 
     def tokens(residual_only: bool, layout: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(0)
-        encoder = MultimodalDefectDetector(
-            cfg=_cfg(**{**vars(cfg), "residual_only": residual_only})
-        ).image_encoder.eval()
+        encoder = MultimodalDefectDetector(cfg=replace(cfg, residual_only=residual_only))
+        encoder = encoder.image_encoder.eval()
         encoder.reference.templates[:] = standardize(layout)[0]  # every fab makes this layout
         with torch.no_grad():
             return encoder(layout)
