@@ -105,10 +105,11 @@ def in_thread(fn, *args, **kwargs):
         return pool.submit(fn, *args, **kwargs).result()
 
 
-def wait_for(settings: dict, run_id: str, done, timeout_s: float = 300):
-    """The run's state once `done(state)` holds."""
+def wait_for(settings: dict, run_id: str, done, timeout_s: float = RUNNER_START_S):
+    """The run's state once `done(state)` holds (a resumed run starts a new process first)."""
 
     def poll():
+        state = None
         with temporary_settings(settings), get_client(sync_client=True) as client:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
@@ -116,6 +117,7 @@ def wait_for(settings: dict, run_id: str, done, timeout_s: float = 300):
                 if state and done(state):
                     return state
                 time.sleep(0.5)
-        raise TimeoutError(f"run {run_id} never reached the expected state")
+        last = f"{state.type.value} {state.name!r}: {state.message}" if state else "none"
+        raise TimeoutError(f"run {run_id} never reached the expected state (last: {last})")
 
     return in_thread(poll)

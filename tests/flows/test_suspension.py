@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from prefect.deployments import run_deployment
 from prefect.settings import (
     temporary_settings,
@@ -93,11 +94,15 @@ def approve_in_the_ui(
         switches = form.get_by_role("switch")
         for i in range(switches.count()):  # approve and the three checklist items
             switches.nth(i).click()
+            expect(switches.nth(i)).to_be_checked()  # the form took the click
         approver_box, reason_box = form.locator("textarea").all()
         approver_box.fill(approver)
         reason_box.fill(reason)
         form.get_by_role("button", name="Submit").click()
-        return wait_for(settings, run_id, finished)  # the page stays open meanwhile
+        # the page stays open meanwhile; first the server takes the form, then the runner
+        # starts the resumed run in a new process (it imports the flows, torch and MLflow)
+        wait_for(settings, run_id, lambda state: not suspended(state), timeout_s=300)
+        return wait_for(settings, run_id, finished)
     finally:
         page.close()
 
