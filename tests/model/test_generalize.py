@@ -39,14 +39,15 @@ def test_the_reference_threshold_flags_at_most_that_share_of_good_dies():
         reference_threshold(np.ones(3, int), _probs(np.ones(3) * 0.5, np.ones(3, int)), 0.15)
 
 
-def test_catch_rates_count_each_class_flagged_as_any_defect():
+def test_catch_rates_count_each_class_flagged_as_any_defect_and_as_its_own():
     labels = np.array([0, 1, 1, 2, 4, 4, 4])
     defect = np.array([0.9, 0.8, 0.1, 0.6, 0.7, 0.2, 0.5])
-    rates = catch_rates(labels, _probs(defect, np.full(7, 3)), 0.5)
-    assert rates["particle"] == {"caught": 1, "n": 2}
-    assert rates["scratch"] == {"caught": 1, "n": 1}
-    assert rates["pattern"] == {"caught": 0, "n": 0}
-    assert rates["process_deviation"] == {"caught": 2, "n": 3}
+    called = np.array([3, 3, 1, 3, 4, 4, 1])  # the class each die's defect probability is on
+    rates = catch_rates(labels, _probs(defect, called), 0.5)
+    assert rates["particle"] == {"caught": 1, "own_class": 0, "n": 2}  # caught as a pattern
+    assert rates["scratch"] == {"caught": 1, "own_class": 0, "n": 1}
+    assert rates["pattern"] == {"caught": 0, "own_class": 0, "n": 0}
+    assert rates["process_deviation"] == {"caught": 2, "own_class": 1, "n": 3}
 
 
 def test_one_training_is_judged_on_each_held_out_set(tiny_data, tmp_path):
