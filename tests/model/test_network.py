@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import timm
 import torch
@@ -247,8 +249,6 @@ def test_residual_peaks_find_a_one_pixel_scratch_in_its_region():
 
 
 def test_a_residual_only_encoder_cannot_tell_one_fabs_layout_from_anothers():
-    from dataclasses import replace
-
     from model.reference import standardize
 
     cfg = _cfg(golden_reference=True, reference_shift=0)
