@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-from prefect.flow_runs import resume_flow_run
 from prefect.settings import (
     temporary_settings,
 )
@@ -27,7 +26,7 @@ from flows.approve_candidate import REFUSED, approve_candidate
 from registry import CHALLENGER, audit, install_first, open_store
 from registry.aliases import alias_version
 from tests.flows.conftest import in_thread, serving, wait_for
-from tests.flows.test_suspension import start, suspended
+from tests.flows.test_suspension import start, submit, suspended
 from tests.registry.approvals import gated_candidate
 
 RETRAIN = "weekly-retrain/weekly-retrain"
@@ -83,14 +82,6 @@ def new_approval_run(settings: dict, known: list[str], timeout_s: float = 120) -
             return run
         time.sleep(0.5)
     raise TimeoutError("the retrain started no approval run")
-
-
-def submit(settings: dict, run_id: str, form: dict) -> None:
-    def go():
-        with temporary_settings(settings):
-            resume_flow_run(run_id, run_input=form)
-
-    in_thread(go)
 
 
 def candidate_waiting(settings: dict, uri: str, **parameters) -> tuple[str, str]:

@@ -1,6 +1,7 @@
-"""Approval by suspension against a real Prefect server (API and UI): a run waiting for its
-form holds no process, the form submitted in the UI reschedules it and it finishes without
-repeating the step before the approval; a missed deadline rejects it.
+"""Approval by suspension against a real Prefect server: a run waiting for its form holds no
+process, the submitted form (the call the UI's Submit makes) reschedules it and it finishes
+without repeating the step before the approval; a missed deadline rejects it. The form
+filled in the Prefect UI itself is test_retrain_approval_ui's, on the real flows.
 
 The flow is served by `flow.serve` in a child process (a deployment, as suspension needs),
 so its runs start in processes of their own that the test can look for.
@@ -13,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
 from prefect.deployments import run_deployment
+from prefect.flow_runs import resume_flow_run
 from prefect.settings import (
     temporary_settings,
 )
@@ -60,6 +61,16 @@ def result(settings: dict, state) -> dict:
     return in_thread(read)
 
 
+def submit(settings: dict, run_id: str, form: dict) -> None:
+    """Submit a suspended run's form through the API (what the UI's Submit button calls)."""
+
+    def go():
+        with temporary_settings(settings):
+            resume_flow_run(run_id, run_input=form)
+
+    in_thread(go)
+
+
 def processes_of(run_id: str) -> list[int]:
     """The ids of the processes started for a flow run (from the process table)."""
     found = []
@@ -80,33 +91,6 @@ def processes_once_settled(run_id: str, timeout_s: float = 30) -> list[int]:
     return processes_of(run_id)
 
 
-def approve_in_the_ui(
-    browser, ui: str, settings: dict, run_id: str, heading: str, approver: str, reason: str
-):
-    """Open the suspended run in the Prefect UI, tick approve and every checklist item, sign
-    the form and submit it; the run's final state."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    try:
-        page.goto(f"{ui}/runs/flow-run/{run_id}")
-        page.get_by_role("button", name="Resume").first.click(timeout=60_000)
-        form = page.get_by_role("dialog")
-        form.get_by_text(heading).wait_for(timeout=30_000)
-        switches = form.get_by_role("switch")
-        for i in range(switches.count()):  # approve and the three checklist items
-            switches.nth(i).click()
-            expect(switches.nth(i)).to_be_checked()  # the form took the click
-        approver_box, reason_box = form.locator("textarea").all()
-        approver_box.fill(approver)
-        reason_box.fill(reason)
-        form.get_by_role("button", name="Submit").click()
-        # the page stays open meanwhile; first the server takes the form, then the runner
-        # starts the resumed run in a new process (it imports the flows, torch and MLflow)
-        wait_for(settings, run_id, lambda state: not suspended(state), timeout_s=300)
-        return wait_for(settings, run_id, finished)
-    finally:
-        page.close()
-
-
 def suspended(state) -> bool:
     return state.name == "Suspended"
 
@@ -115,16 +99,22 @@ def finished(state) -> bool:
     return state.is_final()
 
 
-def test_a_suspended_run_holds_no_process_and_resumes_from_the_ui(served, browser, tmp_path):
-    ui, settings = served
+def test_a_suspended_run_holds_no_process_and_resumes_once_its_form_is_submitted(served, tmp_path):
+    _, settings = served
     marker = tmp_path / "runs.txt"
     run_id = start(settings, marker=str(marker))
     wait_for(settings, run_id, suspended)
     assert processes_once_settled(run_id) == []
-    heading = "Approve dieguard-test version 7"
-    state = approve_in_the_ui(
-        browser, ui, settings, run_id, heading, "q.engineer", "figures hold on every fab"
-    )
+    form = {
+        "approve": True,
+        "approver": "q.engineer",
+        "reason": "figures hold on every fab",
+        "reviewed_evaluation_report": True,
+        "reviewed_fairness_audit": True,
+        "reviewed_gate_verdicts": True,
+    }
+    submit(settings, run_id, form)
+    state = wait_for(settings, run_id, finished)
     assert state.is_completed(), state.message
     outcome = result(settings, state)
     assert outcome["approved"] and outcome["approver"] == "q.engineer"
