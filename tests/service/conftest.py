@@ -119,16 +119,14 @@ def variant(bundle: Path, dest: Path, threshold: float) -> Path:
 
 
 def live_config(tracking_uri: str, state_dir: Path, **changes) -> ServiceConfig:
-    """Test settings: the three keys, one thread, aliases re-read every half second."""
+    """Test settings: the three keys, one thread, aliases re-read every half second.
+
+    A die's deadline is a minute: the deadline is test_overload's subject (it sets its own);
+    elsewhere a busy test machine must not turn a slow answer into a 504."""
     keys = parse_keys(",".join(f"{role}:{role}-1:{key}" for role, key in KEYS.items()))
+    settings = {"reload_interval_s": 0.5, "threads": 1, "request_timeout_s": 60.0} | changes
     return ServiceConfig(
-        model_name=MODEL_NAME,
-        tracking_uri=tracking_uri,
-        state_dir=state_dir,
-        keys=keys,
-        reload_interval_s=0.5,
-        threads=1,
-        **changes,
+        model_name=MODEL_NAME, tracking_uri=tracking_uri, state_dir=state_dir, keys=keys, **settings
     )
 
 
