@@ -49,6 +49,9 @@ class ModelConfig:
     dropout: float = 0.1
     num_classes: int = 5
     baseline_weights: str | None = None  # local ResNet-18 weights; random init when absent
+    # the CNN reads each die's difference from its fab's golden die instead of the die, as an
+    # inspection tool's die-to-reference comparison does (still image only)
+    baseline_golden: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder_size and self.img_size % self.encoder_size:

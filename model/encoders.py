@@ -45,8 +45,7 @@ class ImageEncoder(nn.Module):
         self.reference = self.peaks = None
         channels = 3
         if cfg.golden_reference:
-            shift = math.ceil(cfg.reference_shift * cfg.img_size / IMAGE_SIZE)
-            self.reference = GoldenReference(len(FABS), cfg.img_size, shift)
+            self.reference = golden_reference(cfg)
             self.peaks = ResidualPeaks(cfg.patch_size * cfg.encoder_stride, cfg.embed_dim)
             # the standardised image and its difference from the golden die, or the latter
             channels = 3 if cfg.residual_only else 6
@@ -121,6 +120,12 @@ class ResidualPeaks(nn.Module):
     def forward(self, peaks: torch.Tensor) -> torch.Tensor:
         """Args: peaks (B, K, 3) from `pool`. Returns: their embedding (B, K, D)."""
         return self.embed(peaks)
+
+
+def golden_reference(cfg: ModelConfig) -> GoldenReference:
+    """One golden die per fab at img_size, searched over the configured stage misalignment."""
+    shift = math.ceil(cfg.reference_shift * cfg.img_size / IMAGE_SIZE)
+    return GoldenReference(len(FABS), cfg.img_size, shift)
 
 
 def shrink(x: torch.Tensor, stride: int) -> torch.Tensor:

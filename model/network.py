@@ -12,8 +12,16 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
-from model.encoders import ImageEncoder, ImageNormalize, NoteEncoder, ProcessEncoder, shrink
+from model.encoders import (
+    ImageEncoder,
+    ImageNormalize,
+    NoteEncoder,
+    ProcessEncoder,
+    golden_reference,
+    shrink,
+)
 from model.fusion import AttentionPool, GatedCrossAttention
+from model.reference import GoldenReference
 from model.schema import FABS, GOOD
 
 BASELINE_FROZEN = ("conv1", "bn1", "layer1", "layer2", "layer3")
@@ -116,12 +124,8 @@ class MultimodalDefectDetector(nn.Module):
 
         Args: images uint8 (N, H, W, 3); fabs (N,) fab names; labels (N,) classes.
         """
-        if self.image_encoder.reference is None:
-            return
-        index = {fab: i for i, fab in enumerate(FABS)}
-        groups = np.array([index.get(f, -1) for f in fabs])
-        groups[np.asarray(labels) != GOOD] = -1
-        self.image_encoder.reference.fit(images, groups)
+        if self.image_encoder.reference is not None:
+            fit_golden_dies(self.image_encoder.reference, images, fabs, labels)
 
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Args: pooled (B, D). Returns: logits (B, num_classes)."""
@@ -207,16 +211,33 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def fit_golden_dies(reference: GoldenReference, images, fabs, labels) -> None:
+    """Fit one golden die per fab from the good dies among `images` (uint8 (N, H, W, 3))."""
+    index = {fab: i for i, fab in enumerate(FABS)}
+    groups = np.array([index.get(f, -1) for f in fabs])
+    groups[np.asarray(labels) != GOOD] = -1
+    reference.fit(images, groups)
+
+
 class VisionBaseline(nn.Module):
-    """Image-only ResNet-18 with the multimodal model's call signature (extra inputs ignored)."""
+    """Image-only ResNet-18 with the multimodal model's call signature (extra inputs ignored).
+
+    With a golden reference it reads each die's difference from its fab's golden die (three
+    channels, so ImageNet weights still fit) instead of the die.
+    """
 
     reads_notes = False
 
     def __init__(
-        self, weights_path: str | Path | None = None, num_classes: int = 5, stride: int = 1
+        self,
+        weights_path: str | Path | None = None,
+        num_classes: int = 5,
+        stride: int = 1,
+        reference: GoldenReference | None = None,
     ) -> None:
         super().__init__()
         self.normalize = ImageNormalize()
+        self.reference = reference
         self.stride = stride  # input pixels per pixel the network sees, along each side
         self.net = build_vision_baseline(num_classes, weights_path)
         self.net.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
@@ -233,12 +254,21 @@ class VisionBaseline(nn.Module):
 
         Returns: logits (B, num_classes) and {"fused_embedding": pooled features (B, 512)}.
         """
-        x = shrink(self.normalize(images), self.stride).contiguous(
-            memory_format=torch.channels_last
-        )
+        x = self.normalize(images) if self.reference is None else self.reference(images)[:, 3:]
+        x = shrink(x, self.stride).contiguous(memory_format=torch.channels_last)
         feats = self.net.forward_features(x)  # B, 512, h, w
         pooled = self.net.forward_head(feats, pre_logits=True)  # B, 512
         return self.net.fc(pooled), {"fused_embedding": pooled}
+
+    @property
+    def keeps_orientation(self) -> bool:
+        """True when images are compared with golden dies: no flips or turns in training."""
+        return self.reference is not None
+
+    def fit_reference(self, images, fabs, labels) -> None:
+        """Fit the golden dies from good training dies (no-op without a reference)."""
+        if self.reference is not None:
+            fit_golden_dies(self.reference, images, fabs, labels)
 
     def train(self, mode: bool = True) -> VisionBaseline:
         """Sets train mode, keeping batch norms of frozen stages on their running statistics."""
@@ -263,5 +293,6 @@ def build_model(cfg: ModelConfig, kind: str = "multimodal") -> nn.Module:
     if kind == "multimodal":
         return MultimodalDefectDetector(cfg=cfg)
     if kind == "baseline":
-        return VisionBaseline(cfg.baseline_weights, cfg.num_classes, cfg.encoder_stride)
+        reference = golden_reference(cfg) if cfg.baseline_golden else None
+        return VisionBaseline(cfg.baseline_weights, cfg.num_classes, cfg.encoder_stride, reference)
     raise ValueError(f"unknown model kind {kind!r}; expected 'multimodal' or 'baseline'")

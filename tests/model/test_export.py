@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -74,10 +76,11 @@ def test_the_file_passes_the_checker_with_a_symbolic_batch(exported):
     assert not list(path.parent.glob("*.onnx.data"))  # weights inside the one file
 
 
-def test_the_baseline_exports_behind_the_same_signature(exported, tmp_path):
+@pytest.mark.parametrize("golden", [False, True], ids=["die", "golden-die difference"])
+def test_the_baseline_exports_behind_the_same_signature(exported, tmp_path, golden):
     cfg = exported[0]
     torch.manual_seed(0)
-    baseline = build_model(cfg.model, "baseline").eval()
+    baseline = build_model(replace(cfg.model, baseline_golden=golden), "baseline").eval()
     path = export_onnx(baseline, cfg, tmp_path / "baseline.onnx")
     x = example_inputs(cfg, batch=3, seed=1)
     got = run_session(load_session(path), {k: v.numpy() for k, v in x.items()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -15,6 +16,7 @@ from model.network import (
     build_model,
     build_vision_baseline,
 )
+from model.schema import GOOD
 
 B, P, L, C = 4, 48, 8, 5  # batch, process parameters, note length, classes
 K = 16  # (32 / 8) ** 2 regions
@@ -265,3 +267,19 @@ def test_a_residual_only_encoder_cannot_tell_one_fabs_layout_from_anothers():
     # a good die, identical to its fab's golden die, in two fabs with different layouts
     assert torch.allclose(tokens(True, layouts[0]), tokens(True, layouts[1]), atol=1e-5)
     assert not torch.allclose(tokens(False, layouts[0]), tokens(False, layouts[1]), atol=1e-3)
+
+
+def test_a_golden_baseline_reads_each_die_against_its_own_fabs_golden_die():
+    torch.manual_seed(0)
+    model = build_model(_cfg(baseline_golden=True, reference_shift=0), "baseline").eval()
+    assert model.keeps_orientation  # its training keeps dies the way they face the template
+    rng = np.random.default_rng(0)
+    layouts = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)  # fab A's and fab B's
+    model.fit_reference(np.repeat(layouts, 4, axis=0), ["A"] * 4 + ["B"] * 4, [GOOD] * 8)
+    dies = torch.from_numpy(layouts).permute(0, 3, 1, 2).float() / 255
+    flawed = dies[:1].clone()
+    flawed[..., 12:16, 12:16] = 1.0  # a particle on fab A's die
+    with torch.no_grad():
+        good, _ = model(dies)
+        assert torch.allclose(good[0], good[1], atol=1e-5)  # two layouts, both as their golden
+        assert not torch.allclose(model(flawed)[0], good[:1], atol=1e-3)
