@@ -26,19 +26,11 @@ from flows.approve_candidate import REFUSED, approve_candidate
 from registry import CHALLENGER, audit, install_first, open_store
 from registry.aliases import alias_version
 from tests.flows.conftest import in_thread, serving, wait_for
-from tests.flows.test_suspension import start, submit, suspended
+from tests.flows.test_suspension import FORM, start, submit, suspended
 from tests.registry.approvals import gated_candidate
 
 RETRAIN = "weekly-retrain/weekly-retrain"
 MODEL = "dieguard-test"
-FORM = {
-    "approve": True,
-    "approver": "q.engineer",
-    "reason": "figures hold on every fab",
-    "reviewed_evaluation_report": True,
-    "reviewed_fairness_audit": True,
-    "reviewed_gate_verdicts": True,
-}
 pytestmark = pytest.mark.slow
 
 

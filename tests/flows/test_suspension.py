@@ -25,6 +25,15 @@ from flows.approval_deadlines import approval_deadlines
 from tests.flows.conftest import RUNNER_START_S, in_thread, serving, wait_for
 
 DEPLOYMENT = "suspendable-approval/suspendable"
+# the approval form as a quality engineer submits it: approved, signed, every item checked
+FORM = {
+    "approve": True,
+    "approver": "q.engineer",
+    "reason": "figures hold on every fab",
+    "reviewed_evaluation_report": True,
+    "reviewed_fairness_audit": True,
+    "reviewed_gate_verdicts": True,
+}
 pytestmark = pytest.mark.slow
 
 
@@ -105,15 +114,7 @@ def test_a_suspended_run_holds_no_process_and_resumes_once_its_form_is_submitted
     run_id = start(settings, marker=str(marker))
     wait_for(settings, run_id, suspended)
     assert processes_once_settled(run_id) == []
-    form = {
-        "approve": True,
-        "approver": "q.engineer",
-        "reason": "figures hold on every fab",
-        "reviewed_evaluation_report": True,
-        "reviewed_fairness_audit": True,
-        "reviewed_gate_verdicts": True,
-    }
-    submit(settings, run_id, form)
+    submit(settings, run_id, FORM)
     state = wait_for(settings, run_id, finished)
     assert state.is_completed(), state.message
     outcome = result(settings, state)
